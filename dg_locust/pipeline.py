@@ -1,0 +1,177 @@
+"""The ingest pipeline of one user class in one process: model, table, feed, sizer, client and ledger, wired.
+
+All users of a class in a process share one pipeline, so they share one feed (no two users ever send the same
+(sensor, timestamp)), one adaptive batch sizer (it sees the throughput of the whole class) and one HTTP client
+(one connection pool per server). ``send_next_batch`` is the whole task of a user: take the next rows, encode,
+insert, and account for the outcome exactly once (in the ledger, the sizer and Locust's request event).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from gevent import GreenletExit
+
+from dg_locust.batch import Batch
+from dg_locust.client import CrateError, CrateHttpClient, InsertOutcome
+from dg_locust.feed import FeedPlan, RowFeed
+from dg_locust.ledger import ClassLedger
+from dg_locust.model import Model, load_model
+from dg_locust.options import Settings, parse_hosts
+from dg_locust.schema import TableSchema, table_for_model
+from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings
+
+REQUEST_TYPE = "CrateDB"
+logger = logging.getLogger(__name__)
+
+
+class RowsNotInserted(Exception):
+    """The exception Locust records for a batch whose rows were not all acknowledged."""
+
+
+@dataclass(frozen=True)
+class SentBatch:
+    """What the pipeline hands back to a user after one task: how long to wait, or whether to stop."""
+
+    rows: int = 0
+    wait_s: float = 0.0
+    done: bool = False
+
+
+class IngestPipeline:
+    """Everything one user class needs in one process, created once at the first user's start."""
+
+    def __init__(self, *, environment, class_name: str, settings: Settings, model: Model, sensor_ids, first_step=0):
+        self.environment = environment
+        self.class_name = class_name
+        self.settings = settings
+        self.model = model
+        self.table: TableSchema = table_for_model(
+            model,
+            table_option=settings.table,
+            partition=settings.partition,
+            shards=settings.shards,
+            replicas=settings.replicas,
+        )
+        self.statement = self.table.insert_sql(settings.insert_method)
+        self.request_name = f"{settings.insert_method} {self.table.display_name}"
+        self.feed = RowFeed(
+            model,
+            self.table,
+            FeedPlan(
+                sensor_ids=sensor_ids,
+                ingest_ts=settings.ingest_ts,
+                ingest_delta=settings.ingest_delta,
+                mode=settings.ingest_mode,
+                ingest_size=settings.ingest_size,
+                seed=settings.seed,
+                first_step=first_step,
+            ),
+        )
+        self.sizer = make_sizer(settings, log=logger.info)
+        self.client = CrateHttpClient(
+            parse_hosts(environment.host),
+            username=settings.username,
+            password=settings.password,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+            ca_cert=settings.ca_cert,
+            verify_ssl=settings.verify_ssl,
+            pool_size=64,
+        )
+        self.ledger: ClassLedger = environment.dg.ledger.for_class(class_name)
+        self.in_flight = 0  # batches sent and not answered yet; the run ends only when this is 0
+
+    @classmethod
+    def for_environment(cls, environment, class_name: str, model_path=None) -> IngestPipeline:
+        settings = Settings.from_options(environment.parsed_options)
+        model = load_model(model_path or settings.model_path)
+        sensor_ids, first_step = environment.dg.sensor_plan(settings)
+        return cls(
+            environment=environment,
+            class_name=class_name,
+            settings=settings,
+            model=model,
+            sensor_ids=sensor_ids,
+            first_step=first_step,
+        )
+
+    def prepare_table(self) -> None:
+        """Check every server answers, then create the table (and drop it first only with --drop-table).
+
+        CREATE TABLE IF NOT EXISTS from many workers at once is safe; a 409 from a race is taken as success."""
+        self.client.check_reachable()
+        if self.settings.drop_table:
+            self.client.execute(self.table.drop_sql())
+        try:
+            self.client.execute(self.table.create_sql())
+        except CrateError as error:
+            if error.status != 409:
+                raise
+
+    def send_next_batch(self) -> SentBatch:
+        size = self.sizer.current
+        batch = self.feed.take(size)
+        if batch is None:
+            if self.feed.exhausted:
+                self.ledger.exhausted = True
+                return SentBatch(done=True)
+            return SentBatch(wait_s=min(max(self.feed.seconds_until_due(), 0.01), 1.0))
+        self.ledger.generated += batch.row_count
+        body = batch.encode(self.settings.insert_method, self.statement)
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            outcome = self.client.insert(body, batch.row_count, self.settings.insert_method)
+        except GreenletExit:
+            # The run stopped while this batch was in flight, so nobody will hear its answer: its rows are in doubt.
+            # No request event: there was no response to time, and the database did not fail.
+            self.ledger.record(InsertOutcome(0, 0, batch.row_count, error="cut off by the stop"))
+            raise
+        finally:
+            self.in_flight -= 1
+        self._account(batch, size, started, outcome)
+        if outcome.fatal:
+            self.environment.dg.abort(outcome.error or "fatal error")
+        return SentBatch(rows=batch.row_count)
+
+    def _account(self, batch: Batch, size: int, started: float, outcome: InsertOutcome) -> None:
+        duration = time.perf_counter() - started
+        self.ledger.record(outcome)
+        self.sizer.record(
+            size=size,
+            inserted=outcome.inserted,
+            failed=outcome.failed,
+            in_doubt=outcome.in_doubt,
+            duration_s=duration,
+            overload=outcome.overload,
+        )
+        state = self.sizer.snapshot()
+        self.ledger.batch_size = state.current
+        self.ledger.best_batch_size = state.best_size
+        self.ledger.best_rows_per_s = state.best_rows_per_s
+        exception = None
+        if outcome.failed or outcome.in_doubt:
+            exception = RowsNotInserted(outcome.error or f"{outcome.failed + outcome.in_doubt} rows not inserted")
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE,
+            name=self.request_name,
+            response_time=duration * 1000,
+            response_length=outcome.inserted,
+            exception=exception,
+            context={"rows": batch.row_count, "failed": outcome.failed, "in_doubt": outcome.in_doubt},
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_sizer(settings: Settings, log=None):
+    if settings.batch_size is not None:
+        return FixedBatchSize(settings.batch_size)
+    start = min(max(SizerSettings().start, settings.batch_size_min), settings.batch_size_max)
+    return BatchSizer(
+        SizerSettings(start=start, minimum=settings.batch_size_min, maximum=settings.batch_size_max), log=log
+    )

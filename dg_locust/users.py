@@ -1,0 +1,35 @@
+"""The Locust user classes: each task inserts one batch through its class's shared pipeline.
+
+``CrateIngestUser`` is abstract; a locustfile declares concrete classes. A subclass may pin its own model with a
+``model`` class attribute (a path); otherwise ``--model`` applies. Users hold no logic of their own: the pipeline
+(see ``pipeline``) owns the feed, the batch sizer, the client and the accounting.
+"""
+
+from __future__ import annotations
+
+from locust import User, constant, task
+from locust.exception import StopUser
+
+import gevent
+
+
+class CrateIngestUser(User):
+    """Bulk-inserts model-driven time-series rows into CrateDB, one batch per task."""
+
+    abstract = True
+    wait_time = constant(0)
+    model: str | None = None
+
+    def on_start(self) -> None:
+        self.pipeline = self.environment.dg.start_user(type(self))
+        if self.pipeline is None:
+            raise StopUser()
+
+    @task
+    def insert_batch(self) -> None:
+        sent = self.pipeline.send_next_batch()
+        if sent.done:
+            self.environment.dg.class_exhausted(self.pipeline)
+            raise StopUser()
+        if sent.wait_s:
+            gevent.sleep(sent.wait_s)
