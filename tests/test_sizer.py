@@ -1,0 +1,428 @@
+import locust  # noqa: F401
+
+# Tests of dg_locust.sizer: the adaptive batch sizer against simulated CrateDB servers, on a fake clock.
+# The simulator is an event simulation: N users each take `sizer.current`, send a batch whose latency the simulated
+# server decides at send time, and report it when it completes (a heap of completion times drives the fake clock).
+# Nothing sleeps; every run is seeded, so every number below is reproducible.
+import heapq
+import math
+import random
+import re
+from dataclasses import dataclass, field
+
+import pytest
+
+from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings, SizerState
+
+USERS = 8
+TOLERANCE = 0.25  # "settled" means the incumbent is within +-25 % of the true optimum
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Server:
+    """A cluster whose per-row cost grows with the rows in flight, so rows/s has one optimum in the batch size.
+
+    latency(s, c) = overhead + s * per_row * (1 + (c * s / knee)^2): cubic in s at concurrency c, so throughput
+    c * s / latency rises, peaks and falls. Above `cliff` (if set) batches fail the way `cliff_kind` says; `fail_all`
+    makes every batch fail that way. `noise` is the +- share of uniform multiplicative noise on every latency, and
+    `refuse_share` a share of rows refused in every batch (bad data, not load). Like a real client, the simulated one
+    gives up after `timeout_s`: those rows are in doubt.
+    """
+
+    knee: float
+    overhead_s: float = 0.2
+    per_row_s: float = 1e-6
+    noise: float = 0.0
+    cliff: int | None = None
+    cliff_kind: str = "overload"
+    fail_all: str | None = None
+    refuse_share: float = 0.0
+    timeout_s: float = 30.0
+
+    def latency(self, size: float, concurrency: int) -> float:
+        return self.overhead_s + size * self.per_row_s * (1 + (concurrency * size / self.knee) ** 2)
+
+    def rows_per_s(self, size: float, concurrency: int) -> float:
+        if self.cliff is not None and size > self.cliff:
+            return 0.0
+        return concurrency * size * (1 - self.refuse_share) / self.latency(size, concurrency)
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        """Duration and record() keywords of one batch."""
+        d = self.latency(size, concurrency) * (1 + rng.uniform(-self.noise, self.noise))
+        refused = round(size * self.refuse_share)
+        kind = self.fail_all or (self.cliff_kind if self.cliff is not None and size > self.cliff else None)
+        if kind == "overload":  # HTTP 503 / circuit breaker: refused at once
+            return 0.1, {"inserted": 0, "failed": size, "in_doubt": 0, "overload": True}
+        if kind == "timeout" or d > self.timeout_s:  # the client gave up: outcome unknown, no overload flag
+            d = 5.0 if kind == "timeout" else self.timeout_s
+            return d, {"inserted": 0, "failed": 0, "in_doubt": size, "overload": False}
+        if kind == "refused":  # every row rejected, fast, without an overload signal (the old generator's trap)
+            return 0.1, {"inserted": 0, "failed": size, "in_doubt": 0, "overload": False}
+        if kind == "rejections":  # half the rows rejected per row, without an overload signal
+            refused = max(refused, size - size // 2)
+        return d, {"inserted": size - refused, "failed": refused, "in_doubt": 0, "overload": False}
+
+
+def knee_for(optimum: float, users: int = USERS, overhead_s: float = 0.2, per_row_s: float = 1e-6) -> float:
+    """The knee that puts the throughput optimum at `optimum` rows (overhead = 2 * per_row * c^2 * s^3 / knee^2)."""
+    return users * math.sqrt(2 * per_row_s * optimum**3 / overhead_s)
+
+
+def true_optimum(server: Server, users: int = USERS, maximum: int = 100_000) -> tuple[int, float]:
+    """Found numerically, not from the formula: the batch size with the highest simulated rows/s, and that rate."""
+    best = max(range(100, maximum + 1, 10), key=lambda s: server.rows_per_s(s, users))
+    return best, server.rows_per_s(best, users)
+
+
+@dataclass
+class Trace:
+    windows: list[SizerState] = field(default_factory=list)  # the state right after each window closed
+    times: list[float] = field(default_factory=list)  # the clock when each window closed
+    batches: list[tuple[float, int]] = field(default_factory=list)  # (send time, size) of every batch
+    currents: list[int] = field(default_factory=list)  # sizer.current after every record()
+    acked: list[tuple[float, int]] = field(default_factory=list)  # (completion time, rows acknowledged)
+
+
+def simulate(
+    sizer,
+    clock: FakeClock,
+    server: Server,
+    *,
+    rng: random.Random,
+    windows: int = 10**9,
+    until_s: float = math.inf,
+    users: int = USERS,
+    trace: Trace | None = None,
+    spawn_every_s: float = 0.0,
+) -> Trace:
+    """Run until `windows` more windows have closed or `until_s` more seconds have passed.
+
+    With `spawn_every_s`, users start one after the other like Locust's spawn rate.
+    """
+    trace = trace or Trace()
+    heap: list = []
+    seq = 0
+
+    def send(user: int) -> None:
+        nonlocal seq
+        size = sizer.current
+        d, outcome = server.send(size, users, rng)
+        trace.batches.append((clock.now, size))
+        heapq.heappush(heap, (clock.now + d, seq, user, size, d, outcome))
+        seq += 1
+
+    start = clock.now
+    for u in range(users):
+        clock.now = start + u * spawn_every_s
+        send(u)
+    clock.now = start
+    target = sizer.snapshot().windows + windows
+    while clock.now - start < until_s:
+        done, _, user, size, d, outcome = heapq.heappop(heap)
+        clock.now = done
+        sizer.record(size=size, duration_s=d, **outcome)
+        trace.currents.append(sizer.current)
+        trace.acked.append((done, outcome["inserted"]))
+        state = sizer.snapshot()
+        if state.windows > len(trace.windows):
+            trace.windows.append(state)
+            trace.times.append(done)
+            if state.windows >= target:
+                break
+        send(user)
+    return trace
+
+
+def settled_at(states: list[SizerState], optimum: float, first: int = 0) -> int | None:
+    """Windows after window `first` until the incumbent is within TOLERANCE of `optimum` for good; None if never."""
+    ok = [abs(s.best_size / optimum - 1) <= TOLERANCE for s in states[first:]]
+    for k in range(len(ok)):
+        if all(ok[k:]):
+            return k + 1
+    return None
+
+
+def efficiency(trace: Trace, after_window: int, best_rate: float) -> float:
+    """Acknowledged rows/s from the end of window `after_window` to the end of the run, as a share of the optimum."""
+    t0, t1 = trace.times[after_window - 1], trace.times[-1]
+    return sum(rows for t, rows in trace.acked if t0 < t <= t1) / (t1 - t0) / best_rate
+
+
+def new_sizer(clock: FakeClock, log=None, **settings) -> BatchSizer:
+    return BatchSizer(SizerSettings(**settings), clock=clock, log=log)
+
+
+# --- convergence ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("optimum", [400, 2_000, 10_000, 40_000])
+def test_settles_near_the_optimum_within_30_windows(optimum, noise):
+    clock = FakeClock()
+    server = Server(knee=knee_for(optimum), noise=noise)
+    s_opt, r_opt = true_optimum(server)
+    assert abs(s_opt / optimum - 1) < 0.01  # the simulator puts the optimum where asked
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(optimum), windows=50)
+
+    settled = settled_at(trace.windows, s_opt)
+    held = next(k + 1 for k, s in enumerate(trace.windows) if s.phase in ("holding", "probing"))
+    assert settled is not None and settled <= 30, [s.best_size for s in trace.windows]
+    assert held <= 30  # the search is over, not just passing near the optimum
+    # What it is for: once settled, the class gets nearly the best rows/s, probes included.
+    assert efficiency(trace, max(settled, held), r_opt) >= 0.95
+    # The measured rate agrees with the simulated server's true rate at the incumbent.
+    final = trace.windows[-1]
+    assert final.best_rows_per_s == pytest.approx(server.rows_per_s(final.best_size, USERS), rel=0.05)
+
+
+@pytest.mark.parametrize("optimum", [2_000, 10_000, 40_000])
+def test_users_spawning_gradually_do_not_mislead_it(optimum):
+    # Locust starts users at a spawn rate: throughput rises during the first windows whatever the size.
+    clock = FakeClock()
+    server = Server(knee=knee_for(optimum, 16), noise=0.1)
+    s_opt, _ = true_optimum(server, 16)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(7), windows=60, users=16, spawn_every_s=0.5)
+    settled = settled_at(trace.windows, s_opt)
+    assert settled is not None and settled <= 30
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [(10_000, 40_000), (40_000, 10_000), (2_000, 8_000), (8_000, 2_000), (40_000, 2_000)]
+)
+def test_follows_a_shift_of_the_optimum_within_30_windows(before, after):
+    clock = FakeClock()
+    server = Server(knee=knee_for(before), noise=0.1)
+    sizer = new_sizer(clock)
+    rng = random.Random(before + after)
+    trace = simulate(sizer, clock, server, rng=rng, windows=40)
+    assert settled_at(trace.windows, true_optimum(server)[0]) is not None
+
+    server.knee = knee_for(after)
+    s_opt, r_opt = true_optimum(server)
+    trace = simulate(sizer, clock, server, rng=rng, windows=60, trace=trace)
+    settled = settled_at(trace.windows, s_opt, first=40)
+    assert settled is not None and settled <= 30, [s.best_size for s in trace.windows[40:]]
+    # Steady state over the last 20 windows. (Right after a 20x drop of the optimum, batches of the old size take
+    # minutes in this simulator and hold users back for a while: that is the simulated cluster, not the sizer.)
+    assert efficiency(trace, 80, r_opt) >= 0.95
+
+
+def test_a_constant_share_of_refused_rows_is_not_mistaken_for_overload():
+    # Bad data refuses 10 % of every batch at any size: no back-off, and the optimum is still found.
+    clock = FakeClock()
+    server = Server(knee=knee_for(10_000), noise=0.1, refuse_share=0.1)
+    s_opt, _ = true_optimum(server)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(3), windows=60)
+    settled = settled_at(trace.windows, s_opt)
+    assert settled is not None and settled <= 30
+    assert trace.windows[-1].backoffs == 0
+
+
+# --- back-pressure -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["overload", "timeout", "rejections"])
+@pytest.mark.parametrize("cliff", [5_000, 20_000])
+def test_does_not_stay_above_an_overload_cliff(kind, cliff):
+    # Without the cliff the optimum would be 40k; above the cliff batches fail the way `kind` says.
+    clock = FakeClock()
+    server = Server(knee=knee_for(40_000), noise=0.1, cliff=cliff, cliff_kind=kind)
+    s_opt, r_opt = true_optimum(server)
+    assert s_opt == cliff
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(cliff), windows=80)
+
+    settled = settled_at(trace.windows, s_opt)
+    assert settled is not None and settled <= 30, [(s.best_size, s.current) for s in trace.windows]
+    final = trace.windows[-1]
+    assert final.best_size <= cliff and final.current <= cliff
+    assert final.backoffs >= 1 and final.ceiling is not None
+    # After settling it does look above the ceiling again as the ceiling decays (the cluster might have improved),
+    # so it touches the cliff - one batch per user, then it backs off - but it does not stay there.
+    assert final.backoffs > trace.windows[29].backoffs
+    t_settled = trace.times[29]
+    after = [size for t, size in trace.batches if t > t_settled]
+    assert sum(size > cliff for size in after) / len(after) < 0.01
+    # Against the rate exactly at the cliff (the grid's size below it is up to 9 % smaller), after the re-probes, each
+    # followed by one window at half the size. Timeouts are the costly kind: a probe stalls every user for 5 s.
+    assert efficiency(trace, 30, r_opt) >= (0.85 if kind == "timeout" else 0.90)
+
+
+def test_overload_cuts_at_once_and_stragglers_do_not_cut_again():
+    clock = FakeClock()
+    sizer = new_sizer(clock, start=8_000)
+    ok = {"failed": 0, "in_doubt": 0, "overload": False}
+    clock.now += 0.5
+    sizer.record(size=8_000, inserted=8_000, duration_s=0.3, **ok)
+    clock.now += 0.01
+    sizer.record(size=8_000, inserted=0, failed=8_000, in_doubt=0, duration_s=0.01, overload=True)
+    assert sizer.current == 4_000
+    # The other batches of 8000 that were in flight fail too: they say nothing about 4000.
+    for _ in range(7):
+        clock.now += 0.01
+        sizer.record(size=8_000, inserted=0, failed=0, in_doubt=8_000, duration_s=5.0, overload=False)
+    state = sizer.snapshot()
+    assert (state.current, state.backoffs, state.phase, state.ceiling) == (4_000, 1, "backoff", 8_000)
+    # A batch of the new size that fails cuts again.
+    clock.now += 0.01
+    sizer.record(size=4_000, inserted=0, failed=4_000, in_doubt=0, duration_s=0.01, overload=True)
+    assert sizer.current == 2_000 and sizer.snapshot().backoffs == 2
+
+
+@pytest.mark.parametrize("kind", ["overload", "timeout", "refused", "rejections"])
+@pytest.mark.parametrize("warm", [False, True])
+def test_failed_batches_never_pull_the_size_up(kind, warm):
+    clock = FakeClock()
+    server = Server(knee=knee_for(10_000), noise=0.1)
+    sizer = new_sizer(clock)
+    rng = random.Random(11)
+    if warm:  # first settle on a healthy server, then everything starts failing
+        simulate(sizer, clock, server, rng=rng, windows=30)
+    server.fail_all = kind
+    before = sizer.current
+    trace = simulate(sizer, clock, server, rng=rng, until_s=60)  # two ceiling decay periods: decay must not lift it
+    sizes = [before, *trace.currents]
+    assert all(b <= a for a, b in zip(sizes, sizes[1:], strict=False)), sorted(set(sizes))
+    assert sizes[-1] < sizes[0]  # and it did back off
+    assert sizes[-1] >= SizerSettings().minimum
+
+
+# --- bounds, fixed size, logging, measurement ----------------------------------------------------------------------
+
+
+def test_bounds_are_always_respected_under_random_reports():
+    # Garbage in: random sizes (not only the current one), very noisy latencies, partial failures, overloads,
+    # timeouts; calm at first, then a storm of failures. (Reaching the top bound is tested with a simulated server.)
+    clock = FakeClock()
+    sizer = new_sizer(clock, start=1_000, minimum=500, maximum=3_000, window_s=0.5, min_batches=2)
+    rng = random.Random(5)
+    seen = set()
+    for n in range(20_000):
+        clock.now += rng.expovariate(50)
+        size = sizer.current if rng.random() < 0.9 else rng.randint(1, 10_000)
+        kind = rng.random() * (1 if n < 10_000 else 0.02)
+        failed = size if kind < 0.0002 else rng.randint(0, size // 10) if kind < 0.05 else 0
+        in_doubt = size if 0.05 <= kind < 0.0501 else 0
+        sizer.record(
+            size=size,
+            inserted=size - failed - in_doubt,
+            failed=failed,
+            in_doubt=in_doubt,
+            duration_s=rng.uniform(0.5, 1.5) * (0.3 + size / 20_000),
+            overload=0.06 <= kind < 0.0601,
+        )
+        assert 500 <= sizer.current <= 3_000
+        seen.add(sizer.current)
+    assert len(seen) >= 8 and min(seen) == 500  # it did move around, and the storm pushed it to the bottom
+
+
+@pytest.mark.parametrize(
+    ("optimum", "bounds", "expected"), [(40_000, (100, 20_000), 20_000), (2_000, (5_000, 50_000), 5_000)]
+)
+def test_an_optimum_outside_the_bounds_ends_at_the_bound(optimum, bounds, expected):
+    clock = FakeClock()
+    server = Server(knee=knee_for(optimum), noise=0.1)
+    sizer = new_sizer(clock, start=10_000, minimum=bounds[0], maximum=bounds[1])
+    trace = simulate(sizer, clock, server, rng=random.Random(1), windows=40)
+    assert all(bounds[0] <= s <= bounds[1] for s in trace.currents)
+    assert trace.windows[-1].best_size == expected
+
+
+def test_fixed_batch_size_never_changes_and_still_measures():
+    clock = FakeClock()
+    server = Server(knee=knee_for(10_000), noise=0.1, cliff=3_000)  # every batch fails: the size must not care
+    fixed = FixedBatchSize(5_000, clock=clock)
+    trace = simulate(fixed, clock, server, rng=random.Random(2), until_s=5)
+    assert set(trace.currents) == {5_000}
+    state = fixed.snapshot()
+    assert (state.current, state.best_size, state.phase, state.backoffs) == (5_000, 5_000, "fixed", 0)
+    assert state.windows >= 2 and state.last_window_rows_per_s == 0.0  # failed batches are zero rows
+
+    server.cliff = None
+    trace = simulate(fixed, clock, server, rng=random.Random(2), windows=10)
+    assert set(trace.currents) == {5_000}
+    assert fixed.snapshot().best_rows_per_s == pytest.approx(server.rows_per_s(5_000, USERS), rel=0.03)
+    with pytest.raises(ValueError):
+        FixedBatchSize(0)
+
+
+@pytest.mark.parametrize("size", [300, 3_000, 30_000, 60_000])
+def test_window_rate_is_the_true_rows_per_second(size):
+    # The measurement itself, at latencies from 0.2 s to 22 s (1.5 and 11 windows long): exact without noise.
+    true = Server(knee=knee_for(10_000)).rows_per_s(size, USERS)
+    for noise, each, mean in ((0.0, 0.001, 0.001), (0.1, 0.05, 0.01)):
+        clock = FakeClock()
+        fixed = FixedBatchSize(size, clock=clock)
+        trace = simulate(fixed, clock, Server(knee=knee_for(10_000), noise=noise), rng=random.Random(size), windows=20)
+        rates = [s.last_window_rows_per_s for s in trace.windows]
+        assert all(r == pytest.approx(true, rel=each) for r in rates)
+        assert sum(rates) / len(rates) == pytest.approx(true, rel=mean)
+
+
+class TwoSpeedServer:
+    """Batches of `slow_size` rows take `slow_s`, all others `fast_s`."""
+
+    def __init__(self, slow_size: int, slow_s: float, fast_s: float) -> None:
+        self.slow_size, self.slow_s, self.fast_s = slow_size, slow_s, fast_s
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        d = self.slow_s if size == self.slow_size else self.fast_s
+        return d * (1 + rng.uniform(-0.3, 0.3)), {"inserted": size, "failed": 0, "in_doubt": 0, "overload": False}
+
+
+def test_the_first_window_after_a_change_waits_for_batches_of_the_old_size():
+    # 1000-row batches take ~6 s, so when the sizer switches to 2000 (0.1 s each) most users are still stuck in old
+    # batches for seconds (three windows). Measured from the switch, 2000 would look several times slower than it is.
+    clock = FakeClock()
+    sizer = new_sizer(clock)
+    server = TwoSpeedServer(slow_size=1_000, slow_s=6.0, fast_s=0.1)
+    trace = simulate(sizer, clock, server, rng=random.Random(8), windows=2)
+    assert [s.current for s in trace.windows] == [2_000, 4_000]  # window 1 measured 1000, window 2 measured 2000
+    assert trace.windows[1].last_window_rows_per_s == pytest.approx(USERS * 2_000 / 0.1, rel=0.05)
+
+
+def test_log_lines_are_rate_limited_and_readable():
+    clock = FakeClock()
+    lines: list[tuple[float, str]] = []
+    server = Server(knee=knee_for(40_000), noise=0.1)
+    sizer = new_sizer(clock, log=lambda line: lines.append((clock.now, line)), window_s=1.0, log_interval_s=5.0)
+    simulate(sizer, clock, server, rng=random.Random(4), windows=40)
+    assert lines
+    assert all(b - a >= 5.0 for (a, _), (b, _) in zip(lines, lines[1:], strict=False))
+    pattern = re.compile(r"batch size (\d+) -> (\d+) \((growing|shrinking|narrowing|holding|probing|back-off)[^)]*\)")
+    parsed = [pattern.fullmatch(line) for _, line in lines]
+    assert all(parsed), lines
+    assert parsed[0].group(1) == "1000"
+    assert re.search(r"; \d+ rows/s at 1000\)$", lines[0][1])
+    # Changes between two lines are folded in: each line starts where the previous one ended.
+    assert all(a.group(2) == b.group(1) for a, b in zip(parsed, parsed[1:], strict=False))
+
+
+def test_settings_are_validated_and_defaults_documented():
+    defaults = SizerSettings()
+    assert (defaults.start, defaults.minimum, defaults.maximum, defaults.window_s) == (1_000, 100, 100_000, 2.0)
+    for bad in ({"minimum": 2_000}, {"maximum": 500}, {"minimum": 0}, {"window_s": 0}, {"min_batches": 0}):
+        with pytest.raises(ValueError):
+            SizerSettings(**bad)
+    sizer = BatchSizer(SizerSettings())
+    assert sizer.current == 1_000
+    state = sizer.snapshot()
+    assert (state.phase, state.windows, state.backoffs, state.best_rows_per_s, state.ceiling) == (
+        "growing",
+        0,
+        0,
+        0.0,
+        None,
+    )
