@@ -1,9 +1,9 @@
 import locust  # noqa: F401
+from locust.argument_parser import get_parser
 
 import math
 
 import pytest
-from locust.argument_parser import get_parser
 
 from dg_locust.options import OPTIONS, OptionError, Settings, add_options, parse_hosts
 

@@ -1,5 +1,6 @@
 import locust  # noqa: F401
 
+import numpy as np
 import orjson
 import pytest
 
@@ -7,8 +8,6 @@ from dg_locust.batch import encode_bulk, encode_unnest
 from dg_locust.model import parse_model
 from dg_locust.options import OptionError
 from dg_locust.schema import check_table_name, quote, table_for_model
-
-import numpy as np
 
 MODEL = {
     "sensors": {
