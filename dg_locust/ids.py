@@ -1,23 +1,59 @@
-"""Who owns which sensors: the id range ID_START..ID_END split across processes so no two share a sensor.
+"""Who owns which sensors: ID_START..ID_END split into slices across workers, with leases safe across restarts.
 
-Within one process all users of a class share one feed (see ``feed``), so only processes need disjoint ids.
-A local run owns the whole range. In a distributed run the master splits the range into contiguous slices, one
-per connected worker (in worker-index order), and sends each worker its slice in a ``dg_assign`` message at test
-start, which Locust delivers before the spawn message. A worker with no slice (more workers than sensors) owns no
-sensors and its users stop at once.
+A local run owns the whole range. In a distributed run the master owns the assignment. At test start it splits the
+range into ``min(workers, users, sensors)`` contiguous slices (``SliceBook``). A worker asks for a slice when its
+first pipeline needs sensors, and gets one slice plus a lease: the steps it may generate, ``start <= step < limit``.
+Its feeds never go past the lease (``RowFeed.step_limit``), and it asks for more ahead of time (``LeaseKeeper``: a
+few seconds of its own progress), so in steady state it never waits for the master. The master records the highest
+step it ever granted per slice. When a slice's owner goes missing (no heartbeat for a few seconds) or quits, the
+slice is free: the next worker without a slice (a restarted worker, a late joiner, or an idle one) takes it over at
+that highest granted step, never at the reported progress, which may lag. So no two workers ever hold a lease on
+the same step of the same sensor, even if the missing worker comes back: the master then refuses to extend its
+lease (``dg_revoke``) and it idles once it has used up the steps it held. Steps granted but never sent are skipped.
+
+Messages (all but the claim carry the master's run token, so nothing from an earlier test is mistaken for this one):
+
+- worker -> master ``dg_claim``: give me a slice; repeated every second while the worker has none;
+- master -> worker ``dg_grant`` ``{run, slice, first, last, start, limit, ingest_ts}``: the slice, its first step,
+  the lease limit and the run's resolved INGEST_TS; ``slice`` is None when no slice is free (the worker asks again);
+- worker -> master ``dg_extend`` ``{run, slice, limit}``: extend my lease to ``limit``; answered by a grant;
+- master -> worker ``dg_revoke`` ``{run, slice}``: the slice now belongs to another worker;
+- worker -> master ``dg_exhausted`` ``{run, slice}`` (sent by the runtime): INGEST_SIZE rows of every sensor of
+  the slice are answered; the run ends when every slice is.
+
+A worker without a slice (more workers than slices, or a late joiner while all slices are held) keeps its users
+waiting, and its users start sending when a slice frees up.
 """
 
 from __future__ import annotations
 
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import gevent
 import numpy as np
 
-ASSIGN_MESSAGE = "dg_assign"
-ASSIGNMENT_WAIT_S = 10.0
+CLAIM_MESSAGE = "dg_claim"
+GRANT_MESSAGE = "dg_grant"
+EXTEND_MESSAGE = "dg_extend"
+REVOKE_MESSAGE = "dg_revoke"
+
+LEASE_AHEAD_S = 3.0  # an extension covers about this much of the worker's own progress
+REFILL_BELOW_S = 1.5  # the worker asks for more when less than this much of its lease is left
+RATE_WINDOW_S = 3.0  # the worker's progress rate is measured over this window
+INITIAL_LEASE_ROWS = 50_000  # the first lease of a slice in fast mode, before any rate is known
+MIN_LEASE_STEPS = 4
+TICK_S = 0.1  # how often a worker checks its lease
+CLAIM_RETRY_S = 1.0  # how often a worker without a slice asks again
+RESEND_S = 1.0  # an unanswered extension request is sent again after this long
+NO_SLICE_WAIT_S = 0.2  # how long a user without sensors waits before it looks again
 
 logger = logging.getLogger(__name__)
 
@@ -33,42 +69,325 @@ def split_range(first: int, last: int, parts: int) -> list[tuple[int, int]]:
     return slices
 
 
-class SensorAssignments:
-    """The sensor ids (and first step) this process owns; on a master, the slices handed to workers."""
+def initial_lease_steps(settings, sensors: int) -> int:
+    """The first lease of a slice: a few seconds of real time when consecutive, ~INITIAL_LEASE_ROWS rows when fast."""
+    if settings.ingest_mode == "consecutive":
+        return math.ceil(LEASE_AHEAD_S / settings.ingest_delta) + 1
+    return max(MIN_LEASE_STEPS, math.ceil(INITIAL_LEASE_ROWS / max(sensors, 1)))
 
-    def __init__(self):
+
+@dataclass(frozen=True)
+class SensorPlan:
+    """What one process's feeds generate: these sensors, from this step, with this INGEST_TS."""
+
+    sensor_ids: np.ndarray
+    first_step: int
+    ingest_ts: float
+
+
+@dataclass
+class SensorSlice:
+    """One slice on the master: its sensors, its current owner and the highest step ever granted on it."""
+
+    index: int
+    first: int
+    last: int
+    granted: int = 0  # every step below this may have been generated by some worker; a new owner starts here
+    owner: str | None = None
+    start: int = 0  # the step the current owner started at
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a worker asking for sensors: its slice and where it starts, and whom it took it from."""
+
+    piece: SensorSlice
+    start: int
+    new: bool  # False when the worker already held this slice (a repeated claim)
+    previous: str | None = None  # the worker that held the slice before, if any
+
+
+class SliceBook:
+    """The master's record of slices and leases; pure logic, so its safety can be tested without Locust.
+
+    ``is_live(client_id)`` says whether a worker still counts as running; a slice whose owner is not live is free.
+    """
+
+    def __init__(self, first: int, last: int, parts: int, *, lease_steps: int, ingest_size: int = 0):
+        self.slices = [SensorSlice(i, a, b) for i, (a, b) in enumerate(split_range(first, last, parts))]
+        self.lease_steps = max(1, lease_steps)
+        self.cap = ingest_size if ingest_size > 0 else math.inf
+
+    def owned_by(self, client_id: str) -> SensorSlice | None:
+        return next((s for s in self.slices if s.owner == client_id), None)
+
+    def claim(self, client_id: str, is_live: Callable[[str], bool]) -> Claim | None:
+        """The slice for a worker asking for sensors; None when none is free.
+
+        A worker that already holds a slice gets the same one again (a repeated claim). Otherwise it takes the
+        first free slice that is not done, starting at the highest step ever granted on it, with a new lease."""
+        held = self.owned_by(client_id)
+        if held is not None:
+            return Claim(held, held.start, new=False)
+        for piece in self.slices:
+            if piece.done or (piece.owner is not None and is_live(piece.owner)):
+                continue
+            previous = piece.owner
+            piece.owner, piece.start = client_id, piece.granted
+            piece.granted = int(max(piece.start, min(piece.start + self.lease_steps, self.cap)))
+            return Claim(piece, piece.start, new=True, previous=previous)
+        return None
+
+    def extend(self, client_id: str, index: int, limit: int) -> SensorSlice | None:
+        """Raise the lease of a slice its owner asks about (never beyond INGEST_SIZE); None if it is not the owner."""
+        piece = self.slices[index] if 0 <= index < len(self.slices) else None
+        if piece is None or piece.owner != client_id:
+            return None
+        piece.granted = int(max(piece.granted, min(limit, self.cap)))
+        return piece
+
+    def mark_done(self, client_id: str, index: int) -> bool:
+        """Its owner has every row of the slice answered; True when every slice is done."""
+        if 0 <= index < len(self.slices) and self.slices[index].owner == client_id:
+            self.slices[index].done = True
+        return self.all_done
+
+    @property
+    def all_done(self) -> bool:
+        return all(piece.done for piece in self.slices)
+
+
+class LeaseKeeper:
+    """A worker's lease on its slice: decides when to ask for more, and how much, from its own progress rate."""
+
+    def __init__(self, limit: int, base_steps: int, *, cap: int = 0):
+        self.limit = limit
+        self.base = max(1, base_steps)
+        self.cap = cap if cap > 0 else math.inf
+        self._samples: deque[tuple[float, int]] = deque()
+        self._asked: int | None = None
+        self._asked_at = 0.0
+
+    def granted(self, limit: int) -> int:
+        self.limit = max(self.limit, int(limit))
+        return self.limit
+
+    def wanted(self, progress: int, now: float) -> int | None:
+        """The limit to ask the master for now, or None if the lease is long enough (or a request is pending)."""
+        self._samples.append((now, progress))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.popleft()
+        if self.limit >= self.cap:
+            return None
+        since, then = self._samples[0]
+        rate = (progress - then) / (now - since) if now > since else 0.0
+        if self.limit - progress >= max(self.base / 2, rate * REFILL_BELOW_S):
+            return None
+        pending = self._asked is not None and self._asked > self.limit and now - self._asked_at < RESEND_S
+        if pending:
+            return None
+        self._asked = int(min(progress + max(self.base, math.ceil(rate * LEASE_AHEAD_S)), self.cap))
+        self._asked_at = now
+        return self._asked
+
+
+class SensorAssignments:
+    """The sensors this process owns; on a master, the slice book; on a worker, its slice and lease."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic):
         self.runner = None
-        self._assigned: dict | None = None
+        self.environment = None
+        self._clock = clock
+        # master
+        self.book: SliceBook | None = None
+        self.run = ""
+        self._ingest_ts = 0.0
+        self._ingest_size = 0
+        # worker
+        self.grant: dict | None = None
+        self.revoked = False
+        self._keeper: LeaseKeeper | None = None
+        self._feeds: list = []
+        self._ticker: gevent.Greenlet | None = None
+        self._last_claim = -math.inf
 
     def register(self, environment, runner) -> None:
+        self.environment = environment
         self.runner = runner
-        if isinstance(runner, WorkerRunner):
-            runner.register_message(ASSIGN_MESSAGE, self._on_assign)
         if isinstance(runner, MasterRunner):
-            environment.events.test_start.add_listener(self._assign_workers)
+            runner.register_message(CLAIM_MESSAGE, self._on_claim)
+            runner.register_message(EXTEND_MESSAGE, self._on_extend)
+            environment.events.test_start.add_listener(self._start_book)
+        if isinstance(runner, WorkerRunner):
+            runner.register_message(GRANT_MESSAGE, self._on_grant)
+            runner.register_message(REVOKE_MESSAGE, self._on_revoke)
+            environment.events.test_start.add_listener(self._reset_worker)
+            environment.events.test_stop.add_listener(self._stop_ticker)
+            environment.events.quitting.add_listener(self._stop_ticker)
 
-    def _assign_workers(self, environment, **_kwargs) -> None:
+    # --- any process ---
+
+    def plan_for_this_process(self, settings) -> SensorPlan | None:
+        """This process's sensors and first step; on a worker None until the master granted it a slice."""
+        if not isinstance(self.runner, WorkerRunner):
+            ids = np.arange(settings.id_start, settings.id_end + 1, dtype=np.int64)
+            return SensorPlan(ids, 0, settings.ingest_ts)
+        if self.grant is None:
+            self._start_ticker()
+            return None
+        first, last = self.grant["first"], self.grant["last"]
+        return SensorPlan(np.arange(first, last + 1, dtype=np.int64), self.grant["start"], self.grant["ingest_ts"])
+
+    def attach(self, feed) -> None:
+        """Hold a feed of this process to the lease (a no-op outside a worker)."""
+        if self._keeper is not None:
+            feed.step_limit = self._keeper.limit
+            self._feeds.append(feed)
+
+    def exhausted_report(self) -> dict | None:
+        """What a worker tells the master when every row of its slice is answered."""
+        return {"run": self.grant["run"], "slice": self.grant["slice"]} if self.grant else None
+
+    # --- master ---
+
+    def _start_book(self, environment, **_kwargs) -> None:
         from dg_locust.options import Settings  # at test start the options are final
 
         settings = Settings.from_options(environment.parsed_options)
-        workers = sorted(self.runner.clients.all, key=lambda client: self.runner.get_worker_index(client.id))
-        slices = split_range(settings.id_start, settings.id_end, max(len(workers), 1))
-        for client, (first, last) in zip(workers, slices, strict=False):
-            self.runner.send_message(ASSIGN_MESSAGE, {"first": first, "last": last, "step": 0}, client_id=client.id)
+        sensors = settings.id_end - settings.id_start + 1
+        parts = max(1, min(self.runner.worker_count, self.runner.target_user_count or 1, sensors))
+        lease = initial_lease_steps(settings, math.ceil(sensors / parts))
+        self.book = SliceBook(
+            settings.id_start, settings.id_end, parts, lease_steps=lease, ingest_size=settings.ingest_size
+        )
+        self.run = uuid.uuid4().hex[:12]
+        self._ingest_ts = settings.ingest_ts  # resolved once, so every worker (and every restart) uses the same
+        self._ingest_size = settings.ingest_size
+        logger.info(
+            "dg-locust: sensors %d..%d in %d slice(s), first lease %d steps",
+            settings.id_start,
+            settings.id_end,
+            parts,
+            lease,
+        )
 
-    def _on_assign(self, environment, msg, **_kwargs) -> None:
-        self._assigned = dict(msg.data)
+    def _is_live(self, client_id: str) -> bool:
+        client = self.runner.clients.get(client_id)
+        return client is not None and client.state != STATE_MISSING
 
-    def plan_for_this_process(self, settings) -> tuple[np.ndarray, int]:
-        """(sensor ids, first step) for this process's feed."""
-        if not isinstance(self.runner, WorkerRunner):
-            return np.arange(settings.id_start, settings.id_end + 1, dtype=np.int64), 0
-        waited = 0.0
-        while self._assigned is None and waited < ASSIGNMENT_WAIT_S:
-            gevent.sleep(0.05)
-            waited += 0.05
-        if self._assigned is None:
-            logger.warning("dg-locust: no sensor assignment from the master; this worker sends nothing")
-            return np.empty(0, dtype=np.int64), 0
-        first, last = self._assigned["first"], self._assigned["last"]
-        return np.arange(first, last + 1, dtype=np.int64), int(self._assigned["step"])
+    def _send_grant(self, client_id: str, piece: SensorSlice | None) -> None:
+        data = {"run": self.run, "slice": None}
+        if piece is not None:
+            data.update(
+                slice=piece.index,
+                first=piece.first,
+                last=piece.last,
+                start=piece.start,
+                limit=piece.granted,
+                size=self._ingest_size,
+                ingest_ts=self._ingest_ts,
+            )
+        self.runner.send_message(GRANT_MESSAGE, data, client_id=client_id)
+
+    def _on_claim(self, environment, msg, **_kwargs) -> None:
+        if self.book is None:
+            return
+        claim = self.book.claim(msg.node_id, self._is_live)
+        if claim is not None and claim.new:
+            piece, index = claim.piece, self._index(msg.node_id)
+            if claim.previous is None:
+                logger.info("dg-locust: worker %d takes sensors %d..%d", index, piece.first, piece.last)
+            else:
+                logger.info(
+                    "dg-locust: worker %d takes over sensors %d..%d of worker %d from step %d",
+                    index,
+                    piece.first,
+                    piece.last,
+                    self._index(claim.previous),
+                    claim.start,
+                )
+        self._send_grant(msg.node_id, claim.piece if claim else None)
+
+    def _on_extend(self, environment, msg, **_kwargs) -> None:
+        data = msg.data or {}
+        if self.book is None or data.get("run") != self.run:
+            return
+        piece = self.book.extend(msg.node_id, int(data["slice"]), int(data["limit"]))
+        if piece is None:
+            self.runner.send_message(REVOKE_MESSAGE, {"run": self.run, "slice": data["slice"]}, client_id=msg.node_id)
+        else:
+            self._send_grant(msg.node_id, piece)
+
+    def slice_exhausted(self, client_id: str, data) -> bool:
+        """A worker reports its slice done (see ``exhausted_report``); True when every slice of the run is."""
+        if self.book is None or not data or data.get("run") != self.run:
+            return False
+        return self.book.mark_done(client_id, int(data["slice"]))
+
+    def _index(self, client_id: str) -> int:
+        return self.runner.get_worker_index(client_id)
+
+    # --- worker ---
+
+    def _reset_worker(self, environment, **_kwargs) -> None:
+        self._stop_ticker()
+        self.grant, self.revoked, self._keeper, self._feeds = None, False, None, []
+        self._last_claim = -math.inf
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None or self._ticker.dead:
+            self._ticker = gevent.spawn(self._tick_forever)
+
+    def _stop_ticker(self, *_args, **_kwargs) -> None:
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
+            self._ticker = None
+
+    def _tick_forever(self) -> None:
+        while True:
+            self.tick()
+            gevent.sleep(TICK_S)
+
+    def tick(self) -> None:
+        """Claim a slice while this worker has none; otherwise extend the lease before the feeds run out of it."""
+        now = self._clock()
+        if self.grant is None:
+            if now - self._last_claim >= CLAIM_RETRY_S:
+                self._last_claim = now
+                self.runner.send_message(CLAIM_MESSAGE, None)
+            return
+        if self.revoked or not self._feeds or self._keeper is None:
+            return
+        progress = max(feed.next_step for feed in self._feeds)
+        wanted = self._keeper.wanted(progress, now)
+        if wanted is not None:
+            self.runner.send_message(
+                EXTEND_MESSAGE, {"run": self.grant["run"], "slice": self.grant["slice"], "limit": wanted}
+            )
+
+    def _on_grant(self, environment, msg, **_kwargs) -> None:
+        data = msg.data
+        if self.grant is None:
+            if data.get("slice") is None:
+                return  # nothing free now; the ticker asks again
+            self.grant = dict(data)
+            self._keeper = LeaseKeeper(data["limit"], data["limit"] - data["start"], cap=data["size"])
+            logger.info(
+                "dg-locust: this worker sends sensors %d..%d from step %d", data["first"], data["last"], data["start"]
+            )
+        elif data.get("run") == self.grant["run"] and data.get("slice") == self.grant["slice"] and not self.revoked:
+            limit = self._keeper.granted(data["limit"])
+            for feed in self._feeds:
+                feed.step_limit = limit
+
+    def _on_revoke(self, environment, msg, **_kwargs) -> None:
+        data = msg.data or {}
+        if self.grant and data.get("run") == self.grant["run"] and data.get("slice") == self.grant["slice"]:
+            self.revoked = True
+            logger.warning(
+                "dg-locust: another worker took over sensors %d..%d while this one was missing; "
+                "this worker sends what it still holds, then idles",
+                self.grant["first"],
+                self.grant["last"],
+            )

@@ -131,6 +131,18 @@ class RunLedger:
         sizes = [counters["batch_size"] for counters in self.per_class().values()]
         return max(sizes, default=0)
 
+    def worker_lines(self, index_of: Callable[[str], int]) -> list[str]:
+        """On a master, one line per worker that reported, by worker index: ``dg worker I: inserted=N ...``."""
+        lines = []
+        for worker_id, report in self.worker_reports.items():
+            totals = Totals()
+            for counters in report.values():
+                totals.add(counters)
+            index = index_of(worker_id)
+            counts = f"inserted={totals.inserted} failed={totals.failed} in_doubt={totals.in_doubt}"
+            lines.append((index, f"dg worker {index}: {counts}"))
+        return [line for _, line in sorted(lines)]
+
     def summary_line(self) -> str:
         totals = self.totals()
         return (

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gevent import GreenletExit
 
 from dg_locust.batch import Batch
 from dg_locust.client import CrateError, CrateHttpClient, InsertOutcome
 from dg_locust.feed import FeedPlan, RowFeed
+from dg_locust.ids import NO_SLICE_WAIT_S
 from dg_locust.ledger import ClassLedger
 from dg_locust.model import Model, load_model
 from dg_locust.options import Settings, parse_hosts
@@ -43,7 +44,7 @@ class SentBatch:
 class IngestPipeline:
     """Everything one user class needs in one process, created once at the first user's start."""
 
-    def __init__(self, *, environment, class_name: str, settings: Settings, model: Model, sensor_ids, first_step=0):
+    def __init__(self, *, environment, class_name: str, settings: Settings, model: Model):
         self.environment = environment
         self.class_name = class_name
         self.settings = settings
@@ -57,19 +58,9 @@ class IngestPipeline:
         )
         self.statement = self.table.insert_sql(settings.insert_method)
         self.request_name = f"{settings.insert_method} {self.table.display_name}"
-        self.feed = RowFeed(
-            model,
-            self.table,
-            FeedPlan(
-                sensor_ids=sensor_ids,
-                ingest_ts=settings.ingest_ts,
-                ingest_delta=settings.ingest_delta,
-                mode=settings.ingest_mode,
-                ingest_size=settings.ingest_size,
-                seed=settings.seed,
-                first_step=first_step,
-            ),
-        )
+        # None until this process owns sensors: at once in a local run, once the master grants a slice on a worker
+        self.feed: RowFeed | None = None
+        self._build_feed()
         self.sizer = make_sizer(settings, log=logger.info)
         self.client = CrateHttpClient(
             parse_hosts(environment.host),
@@ -88,15 +79,29 @@ class IngestPipeline:
     def for_environment(cls, environment, class_name: str, model_path=None) -> IngestPipeline:
         settings = Settings.from_options(environment.parsed_options)
         model = load_model(model_path or settings.model_path)
-        sensor_ids, first_step = environment.dg.sensor_plan(settings)
-        return cls(
-            environment=environment,
-            class_name=class_name,
-            settings=settings,
-            model=model,
-            sensor_ids=sensor_ids,
-            first_step=first_step,
+        return cls(environment=environment, class_name=class_name, settings=settings, model=model)
+
+    def _build_feed(self) -> bool:
+        plan = self.environment.dg.sensor_plan(self.settings)
+        if plan is None:
+            return False
+        # the master resolves INGEST_TS once for all workers; settings carry it so every reader sees the same value
+        self.settings = settings = replace(self.settings, ingest_ts=plan.ingest_ts)
+        self.feed = RowFeed(
+            self.model,
+            self.table,
+            FeedPlan(
+                sensor_ids=plan.sensor_ids,
+                ingest_ts=settings.ingest_ts,
+                ingest_delta=settings.ingest_delta,
+                mode=settings.ingest_mode,
+                ingest_size=settings.ingest_size,
+                seed=settings.seed,
+                first_step=plan.first_step,
+            ),
         )
+        self.environment.dg.assignments.attach(self.feed)
+        return True
 
     def prepare_table(self) -> None:
         """Check every server answers, then create the table (and drop it first only with --drop-table).
@@ -112,6 +117,8 @@ class IngestPipeline:
                 raise
 
     def send_next_batch(self) -> SentBatch:
+        if self.feed is None and not self._build_feed():
+            return SentBatch(wait_s=NO_SLICE_WAIT_S)  # a worker without sensors (yet): see ids
         size = self.sizer.current
         batch = self.feed.take(size)
         if batch is None:

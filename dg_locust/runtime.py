@@ -18,11 +18,12 @@ reached.
 
 from __future__ import annotations
 
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 import logging
 import os
 import sys
+import time
 
 import gevent
 from gevent.lock import Semaphore
@@ -36,6 +37,9 @@ from dg_locust.pipeline import IngestPipeline
 
 ABORT_MESSAGE = "dg_abort"
 EXHAUSTED_MESSAGE = "dg_exhausted"
+FINISH_MESSAGE = "dg_finish"  # master -> workers: stop your users and send your final counters
+FINAL_MESSAGE = "dg_final"  # worker -> master: the final counters
+FINAL_REPORT_GRACE_S = 5.0
 EXIT_BAD_INPUT = 2
 
 logger = logging.getLogger(__name__)
@@ -52,7 +56,7 @@ class DgRuntime:
         self._pipeline_lock = Semaphore()
         self._aborted = False
         self._finishing = False
-        self._exhausted_workers: set[str] = set()
+        self._awaiting_final: set[str] = set()
 
     @classmethod
     def register(cls, environment, runner=None) -> DgRuntime:
@@ -61,6 +65,7 @@ class DgRuntime:
         environment.dg = runtime
         events = environment.events
         events.test_start.add_listener(runtime.on_test_start)
+        events.test_stopping.add_listener(runtime.on_test_stopping)
         events.test_stop.add_listener(runtime.on_test_stop)
         events.report_to_master.add_listener(runtime.on_report_to_master)
         events.worker_report.add_listener(runtime.on_worker_report)
@@ -95,6 +100,8 @@ class DgRuntime:
         if isinstance(runner, MasterRunner | WorkerRunner):
             runner.register_message(ABORT_MESSAGE, self._on_abort_message)
             runner.register_message(EXHAUSTED_MESSAGE, self._on_exhausted_message)
+            runner.register_message(FINISH_MESSAGE, self._on_finish_message, concurrent=True)
+            runner.register_message(FINAL_MESSAGE, self._on_final_message)
         self.assignments.register(environment, runner)
         forked_child = _is_forked_child(environment)
         if (isinstance(runner, WorkerRunner) and not forked_child) or environment.parsed_options is None:
@@ -128,12 +135,14 @@ class DgRuntime:
         self._close_pipelines()
         self._aborted = False
         self._finishing = False
-        self._exhausted_workers.clear()
 
     def on_test_stop(self, environment, **_kwargs) -> None:
         self.ledger.stopped_at = self.ledger.clock()
         if not self.is_worker:
             print(self.ledger.summary_line(), flush=True)
+        if self.is_master:
+            for line in self.ledger.worker_lines(self.runner.get_worker_index):
+                print(line, flush=True)
 
     def on_report_to_master(self, client_id, data, **_kwargs) -> None:
         data[REPORT_KEY] = self.ledger.local_report()
@@ -189,11 +198,12 @@ class DgRuntime:
 
     def class_exhausted(self, pipeline: IngestPipeline) -> None:
         """A user found its feed exhausted; when every pipeline here is done and idle, this process is done."""
-        if self._finishing or not all(p.feed.exhausted and p.in_flight == 0 for p in self.pipelines.values()):
+        done = (p.feed is not None and p.feed.exhausted and p.in_flight == 0 for p in self.pipelines.values())
+        if self._finishing or not all(done):
             return
         self._finishing = True
         if self.is_worker:
-            self.runner.send_message(EXHAUSTED_MESSAGE, None)
+            self.runner.send_message(EXHAUSTED_MESSAGE, self.assignments.exhausted_report())
         else:
             logger.info("dg-locust: every sensor has its INGEST_SIZE rows; ending the test")
             self._end_run()
@@ -210,14 +220,39 @@ class DgRuntime:
             self._end_run()
 
     def _on_exhausted_message(self, environment, msg, **_kwargs) -> None:
+        if self.is_master and self.assignments.slice_exhausted(msg.node_id, msg.data) and not self._finishing:
+            self._finishing = True
+            logger.info("dg-locust: every sensor has its INGEST_SIZE rows; ending the test")
+            self._end_run()
+
+    def on_test_stopping(self, environment, **_kwargs) -> None:
+        """On a master, before the summary: every worker stops its users and sends its final counters.
+
+        Locust fires ``test_stop`` on the master before it tells the workers to stop, up to a report interval
+        after their last report; without this wait the summary would miss the rows of the last seconds."""
         if not self.is_master:
             return
-        self._exhausted_workers.add(msg.node_id)
-        live = {client.id for client in self.runner.clients.all}
-        if live and live <= self._exhausted_workers and not self._finishing:
-            self._finishing = True
-            logger.info("dg-locust: every worker has sent its INGEST_SIZE rows per sensor; ending the test")
-            self._end_run()
+        self._awaiting_final = {c.id for c in self.runner.clients.all if c.state != STATE_MISSING}
+        for client_id in list(self._awaiting_final):
+            self.runner.send_message(FINISH_MESSAGE, None, client_id=client_id)
+        deadline = time.monotonic() + (self.environment.stop_timeout or 0) + FINAL_REPORT_GRACE_S
+        while time.monotonic() < deadline and any(self._still_running(c) for c in self._awaiting_final):
+            gevent.sleep(0.05)
+
+    def _still_running(self, client_id: str) -> bool:
+        client = self.runner.clients.get(client_id)
+        return client is not None and client.state != STATE_MISSING
+
+    def _on_finish_message(self, environment, msg, **_kwargs) -> None:
+        if self.runner.state in (STATE_SPAWNING, STATE_RUNNING):
+            self.runner.stop()  # lets in-flight batches finish (stop timeout), as Locust's own stop would
+        data: dict = {}
+        self.on_report_to_master(self.runner.client_id, data)
+        self.runner.send_message(FINAL_MESSAGE, data[REPORT_KEY])
+
+    def _on_final_message(self, environment, msg, **_kwargs) -> None:
+        self.ledger.merge_worker_report(msg.node_id, msg.data)
+        self._awaiting_final.discard(msg.node_id)
 
 
 def _is_forked_child(environment) -> bool:
