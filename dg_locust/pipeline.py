@@ -107,7 +107,8 @@ class IngestPipeline:
         """Check every server answers, then create the table (and drop it first only with --drop-table).
 
         CREATE TABLE IF NOT EXISTS from many workers at once is safe; a 409 from a race is taken as success."""
-        self.client.check_reachable()
+        for problem in self.client.check_reachable():
+            logger.warning("dg-locust: %s; going on with the other servers", problem)
         if self.settings.drop_table:
             self.client.execute(self.table.drop_sql())
         try:
@@ -147,14 +148,17 @@ class IngestPipeline:
     def _account(self, batch: Batch, size: int, started: float, outcome: InsertOutcome) -> None:
         duration = time.perf_counter() - started
         self.ledger.record(outcome)
-        self.sizer.record(
-            size=size,
-            inserted=outcome.inserted,
-            failed=outcome.failed,
-            in_doubt=outcome.in_doubt,
-            duration_s=duration,
-            overload=outcome.overload,
-        )
+        if not outcome.unreachable:
+            # No server took the request: that says nothing about batch size, and feeding it to the sizer would
+            # shrink the batches to the minimum during an outage and hold throughput down long after it.
+            self.sizer.record(
+                size=size,
+                inserted=outcome.inserted,
+                failed=outcome.failed,
+                in_doubt=outcome.in_doubt,
+                duration_s=duration,
+                overload=outcome.overload,
+            )
         state = self.sizer.snapshot()
         self.ledger.batch_size = state.current
         self.ledger.best_batch_size = state.best_size
