@@ -140,6 +140,10 @@ class DgRuntime:
         self.ledger.stopped_at = self.ledger.clock()
         if not self.is_worker:
             print(self.ledger.summary_line(), flush=True)
+            # Every batch ends as inserted, failed or in doubt: generated == inserted + failed + in_doubt. Retries
+            # are re-sends of batches refused with HTTP 429/503; their rows count once, in the final outcome.
+            totals = self.ledger.totals()
+            print(f"dg outcomes: batches={totals.batches} generated={totals.generated} retries={totals.retries}")
         if self.is_master:
             for line in self.ledger.worker_lines(self.runner.get_worker_index):
                 print(line, flush=True)
@@ -156,15 +160,16 @@ class DgRuntime:
 
     # --- pipelines ---
 
-    def pipeline_for(self, user_class) -> IngestPipeline:
-        """The pipeline of a user class in this process, created (and its table prepared) by the first user."""
+    def pipeline_for(self, user_class) -> IngestPipeline | None:
+        """The pipeline of a user class in this process, created (and its table prepared) by the first user;
+        None once the run was aborted (the users queued behind a failed first attempt must not try again)."""
         name = user_class.__name__
         with self._pipeline_lock:
-            if name not in self.pipelines:
+            if name not in self.pipelines and not self._aborted:
                 pipeline = IngestPipeline.for_environment(self.environment, name, getattr(user_class, "model", None))
                 pipeline.prepare_table()
                 self.pipelines[name] = pipeline
-            return self.pipelines[name]
+            return self.pipelines.get(name)
 
     def start_user(self, user_class) -> IngestPipeline | None:
         """``pipeline_for`` for a user's on_start; on a problem, stops the run with one message and returns None."""
