@@ -192,6 +192,9 @@ def parse_hosts(host: str | None) -> tuple[str, ...]:
         if not part:
             continue
         url = part if re.match(r"^https?://", part) else f"http://{part}"
+        if "@" in url:
+            # Never echo it: the part before the @ may hold a password, and this message goes to logs.
+            raise OptionError("a host holds credentials (user:password@host); pass --username and --password instead")
         if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", url):
             raise OptionError(f"host {part!r} is not a CrateDB URL such as http://localhost:4200")
         servers.append(url.rstrip("/"))
@@ -319,6 +322,10 @@ class Settings:
         if password and not username:
             username = "crate"
 
+        ca_cert = str(value("ca_cert") or "")
+        if ca_cert and not Path(ca_cert).expanduser().is_file():
+            raise OptionError(f"--ca-cert / CA_CERT: no such file {ca_cert!r}; give a PEM file of CA certificates")
+
         return cls(
             model_path=resolve_model_path(str(value("model"))),
             table=table,
@@ -345,7 +352,7 @@ class Settings:
             max_fail_ratio=max_fail_ratio,
             username=username,
             password=password,
-            ca_cert=str(value("ca_cert") or ""),
+            ca_cert=str(Path(ca_cert).expanduser()) if ca_cert else "",
             verify_ssl=not bool(value("no_verify_ssl")),
         )
 
