@@ -35,6 +35,12 @@ class ClassLedger:
     best_batch_size: int = 0
     best_rows_per_s: float = 0.0
     exhausted: bool = False
+    # What the rows went to, for metric labels and --verify: the table, its sensor id column, and the time window
+    # (epoch ms, inclusive) of the rows handed out in this process; the runtime copies them from the pipeline.
+    table: str = ""
+    id_column: str = ""
+    first_ts_ms: int | None = None
+    last_ts_ms: int | None = None
 
     def record(self, outcome) -> None:
         self.inserted += outcome.inserted
@@ -43,6 +49,11 @@ class ClassLedger:
         self.retries += outcome.retries
         self.batches += 1
 
+    def cover(self, first_ts_ms: int, last_ts_ms: int) -> None:
+        """Widen the time window of rows sent so it includes first..last (a feed may start later in a new slice)."""
+        self.first_ts_ms = first_ts_ms if self.first_ts_ms is None else min(self.first_ts_ms, first_ts_ms)
+        self.last_ts_ms = last_ts_ms if self.last_ts_ms is None else max(self.last_ts_ms, last_ts_ms)
+
     def as_report(self) -> dict:
         report = {name: getattr(self, name) for name in COUNTERS}
         report.update(
@@ -50,6 +61,10 @@ class ClassLedger:
             best_batch_size=self.best_batch_size,
             best_rows_per_s=self.best_rows_per_s,
             exhausted=self.exhausted,
+            table=self.table,
+            id_column=self.id_column,
+            first_ts_ms=self.first_ts_ms,
+            last_ts_ms=self.last_ts_ms,
         )
         return report
 
@@ -110,6 +125,7 @@ class RunLedger:
                     into[counter] += int(counters.get(counter, 0))
                 into["batch_size"] = max(into["batch_size"], int(counters.get("batch_size", 0)))
                 into["best_batch_size"] = max(into["best_batch_size"], int(counters.get("best_batch_size", 0)))
+                _merge_target(into, counters)
         return merged
 
     def totals(self) -> Totals:
@@ -149,3 +165,12 @@ class RunLedger:
             f"dg summary: inserted={totals.inserted} failed={totals.failed} in_doubt={totals.in_doubt} "
             f"rows_per_s={self.rows_per_s():.1f} batch_size={self.last_batch_size()}"
         )
+
+
+def _merge_target(into: dict, counters: dict) -> None:
+    """Table and id column as reported (the same on every worker); the time window widened to cover every report."""
+    into["table"] = into.get("table") or counters.get("table", "")
+    into["id_column"] = into.get("id_column") or counters.get("id_column", "")
+    for key, pick in (("first_ts_ms", min), ("last_ts_ms", max)):
+        mine, theirs = into.get(key), counters.get(key)
+        into[key] = theirs if mine is None else mine if theirs is None else pick(mine, theirs)

@@ -137,6 +137,7 @@ class DgRuntime:
         self._finishing = False
 
     def on_test_stop(self, environment, **_kwargs) -> None:
+        self.sync_ledger()
         self.ledger.stopped_at = self.ledger.clock()
         if not self.is_worker:
             print(self.ledger.summary_line(), flush=True)
@@ -149,6 +150,7 @@ class DgRuntime:
                 print(line, flush=True)
 
     def on_report_to_master(self, client_id, data, **_kwargs) -> None:
+        self.sync_ledger()
         data[REPORT_KEY] = self.ledger.local_report()
 
     def on_worker_report(self, client_id, data, **_kwargs) -> None:
@@ -181,6 +183,20 @@ class DgRuntime:
 
     def sensor_plan(self, settings: Settings):
         return self.assignments.plan_for_this_process(settings)
+
+    def sync_ledger(self) -> None:
+        """Copy what only the pipelines know into the ledger: the table, id column and time window of rows sent."""
+        for pipeline in self.pipelines.values():
+            rows = pipeline.ledger
+            rows.table = pipeline.table.display_name
+            rows.id_column = pipeline.model.id_tag.name
+            if rows.generated and pipeline.feed is not None:
+                settings, base_ms = pipeline.settings, round(pipeline.settings.ingest_ts * 1000)
+                # next_step bounds every step handed out (it may be one past the last), so the window covers them all
+                rows.cover(
+                    base_ms + round(pipeline.feed.plan.first_step * settings.ingest_delta * 1000),
+                    base_ms + round(pipeline.feed.next_step * settings.ingest_delta * 1000),
+                )
 
     def _close_pipelines(self) -> None:
         for pipeline in self.pipelines.values():

@@ -1,0 +1,148 @@
+"""Runs dg-locust processes in the background (web UI, masters and workers that stay up) and reads what they serve.
+
+``LiveLocust`` starts ``python -m locust -f locustfile.py ...`` as a person would, keeps its output in files, and
+stops it with SIGTERM (Locust's own shutdown). ``scrape`` parses a Prometheus ``/metrics`` page into samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port_block(count: int) -> int:
+    """A port P such that P .. P + count - 1 are all free on 127.0.0.1 right now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        if all(_is_free(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no block of {count} free ports found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+class LiveLocust:
+    """One dg-locust process running in the background."""
+
+    def __init__(self, args: list[str], workdir: Path, name: str, env: dict | None = None):
+        self.args = args
+        self.workdir = workdir
+        self.name = name
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.stdout_path = workdir / f"{name}.out"
+        self.stderr_path = workdir / f"{name}.err"
+
+    def start(self) -> LiveLocust:
+        command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), *self.args]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+        environment.update(self.env)
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                command, cwd=self.workdir, env=environment, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+            )
+        return self
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    @property
+    def output(self) -> str:
+        stderr = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+        return self.stdout + stderr
+
+    def wait_for_output(self, pattern: str, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.stdout, re.M)
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: no {pattern!r} in its output\n{self.output[-3000:]}")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def __enter__(self) -> LiveLocust:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def get(url: str, timeout: float = 10) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def get_json(url: str) -> dict:
+    return json.loads(get(url))
+
+
+def post_form(url: str, form: dict) -> dict:
+    data = urllib.parse.urlencode(form).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST"), timeout=10) as response:
+        return json.loads(response.read())
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a /metrics page: (sample name, its labels) -> value."""
+    text = get(url).decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample_sum(samples: dict, name: str, **labels) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (sample, found), value in samples.items() if sample == name and wanted <= found)
+
+
+def wait_until(check: Callable[[], object], timeout: float = 20, interval: float = 0.3):
+    """Call ``check`` until it returns something truthy; return that, or the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except OSError:
+            result = None
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
