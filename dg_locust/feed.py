@@ -11,6 +11,10 @@ step k, then step k + 1); a batch is simply the next ``n`` rows, so it may start
 - ``step_limit`` (optional) caps the steps handed out further, for leases granted by a distributed master.
 
 The feed is not thread-safe; under gevent its ``take`` never yields, so greenlets cannot interleave inside it.
+
+Only the field values are generated per row. A batch carries them with its position in the (step, sensor) grid,
+and its encodings (``batch.RowLayout``) add each step's timestamp and each sensor's pre-encoded tags, so no
+timestamp or tag array is repeated or tiled per batch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dg_locust.batch import Batch
+from dg_locust.batch import Batch, RowLayout
 from dg_locust.generator import Fleet
 from dg_locust.schema import TS_COLUMN
 
@@ -52,10 +56,21 @@ class RowFeed:
         self._base_ms = round(plan.ingest_ts * 1000)
         self._delta_ms = plan.ingest_delta * 1000
         self._tag_values = model.tag_values(self._sensor_ids)
-        self._column_order = [c.name for c in table.columns]
+        self._field_names = tuple(model.field_columns())
+        self.layout = RowLayout(
+            [c.name for c in table.columns],
+            TS_COLUMN,
+            self._tag_values,
+            self._field_names,
+            base_ms=self._base_ms,
+            delta_ms=self._delta_ms,
+        )
         self._next_step = plan.first_step  # the first step not generated yet
-        self._pending: dict[str, np.ndarray] = {}  # generated rows not handed out yet, flattened
-        self._pending_steps = np.empty(0, dtype=np.int64)
+        # Generated rows not handed out yet: one flat array per field, starting at grid row _pending_first
+        # (row r is sensor r % n at step r // n).
+        self._pending: list[np.ndarray] = []
+        self._pending_first = plan.first_step * len(self._sensor_ids)
+        self._pending_count = 0
         self.step_limit: int | None = None
         self.rows_generated = 0
 
@@ -66,35 +81,44 @@ class RowFeed:
     @property
     def exhausted(self) -> bool:
         """True when every sensor has all its INGEST_SIZE rows handed out (never in endless mode)."""
-        return self._pending_steps.size == 0 and self._steps_allowed() == 0 and self._size_reached()
+        return self._pending_count == 0 and self._steps_allowed() == 0 and self._size_reached()
 
     @property
     def next_step(self) -> int:
         """The first step none of whose rows have been handed out (the progress a master hears)."""
-        return int(self._pending_steps[0]) if self._pending_steps.size else self._next_step
+        return self._pending_first // self.sensor_count if self._pending_count else self._next_step
 
     def seconds_until_due(self) -> float:
         """In consecutive mode, the wait until the next step's wall time; 0 when rows are available now."""
-        if self._pending_steps.size or self.plan.mode != "consecutive" or self._size_reached():
+        if self._pending_count or self.plan.mode != "consecutive" or self._size_reached():
             return 0.0
         due = self._wall_start + (self._next_step - self.plan.first_step) * self.plan.ingest_delta
         return max(0.0, due - self._wall_clock())
 
     def take(self, max_rows: int) -> Batch | None:
         """The next rows, at most ``max_rows``; None when no row is available now (exhausted or not yet due)."""
-        shortfall = max_rows - self._pending_steps.size
+        shortfall = max_rows - self._pending_count
         if shortfall > 0:
             steps = min(math.ceil(shortfall / self.sensor_count), self._steps_allowed())
             if steps > 0:
                 self._generate(steps)
-        count = min(max_rows, self._pending_steps.size)
-        if count == 0:
+        count = min(max_rows, self._pending_count)
+        if count <= 0:
             return None
-        steps = self._pending_steps[:count]
-        columns = tuple(self._pending[name][:count] for name in self._column_order)
-        self._pending = {name: values[count:] for name, values in self._pending.items()}
-        self._pending_steps = self._pending_steps[count:]
-        return Batch(columns=columns, row_count=count, first_step=int(steps[0]), last_step=int(steps[-1]))
+        first = self._pending_first
+        fields = tuple(values[:count] for values in self._pending)
+        self._pending = [values[count:] for values in self._pending]
+        self._pending_first += count
+        self._pending_count -= count
+        n = self.sensor_count
+        return Batch(
+            layout=self.layout,
+            first_row=first,
+            row_count=count,
+            fields=fields,
+            first_step=first // n,
+            last_step=(first + count - 1) // n,
+        )
 
     def _size_reached(self) -> bool:
         return self.plan.ingest_size > 0 and self._next_step >= self.plan.ingest_size
@@ -111,20 +135,14 @@ class RowFeed:
         return int(max(0, limit - self._next_step)) if limit != math.inf else 1 << 30
 
     def _generate(self, steps: int) -> None:
-        sensors = self.sensor_count
-        step_numbers = np.arange(self._next_step, self._next_step + steps, dtype=np.int64)
-        row_steps = np.repeat(step_numbers, sensors)
-        fresh: dict[str, np.ndarray] = {
-            TS_COLUMN: self._base_ms + np.rint(row_steps * self._delta_ms).astype(np.int64),
-        }
-        for name, values in self._tag_values.items():
-            fresh[name] = np.tile(values, steps)
-        for name, values in self._fleet.next_steps(steps).items():
-            fresh[name] = values.reshape(-1)
-        self._next_step += steps
-        self.rows_generated += steps * sensors
-        if self._pending_steps.size:
-            fresh = {name: np.concatenate((self._pending[name], values)) for name, values in fresh.items()}
-            row_steps = np.concatenate((self._pending_steps, row_steps))
+        generated = self._fleet.next_steps(steps)
+        fresh = [generated[name].reshape(-1) for name in self._field_names]
+        if self._pending_count:
+            # At most one step's worth is left over, so this copy is small next to the fresh rows.
+            fresh = [np.concatenate((old, new)) for old, new in zip(self._pending, fresh, strict=True)]
+        else:
+            self._pending_first = self._next_step * self.sensor_count
         self._pending = fresh
-        self._pending_steps = row_steps
+        self._pending_count += steps * self.sensor_count
+        self._next_step += steps
+        self.rows_generated += steps * self.sensor_count
