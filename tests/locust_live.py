@@ -24,17 +24,28 @@ from prometheus_client.parser import text_string_to_metric_families
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def free_port_block(count: int) -> int:
-    """A port P such that P .. P + count - 1 are all free on 127.0.0.1 right now."""
+def free_port_block(count: int, avoid: tuple[int, ...] = ()) -> int:
+    """A port P such that P .. P + count - 1 are all free on this host right now and none is in ``avoid``."""
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        if all(_is_free(port) for port in range(base, base + count)):
+        block = range(base, base + count)
+        if base + count <= 65535 and not set(block) & set(avoid) and all(_is_free(port) for port in block):
             return base
     raise RuntimeError(f"no block of {count} free ports found")
+
+
+def free_ports(block: int, singles: int) -> tuple[int, ...]:
+    """A block of ``block`` consecutive free ports (its first port) and ``singles`` other free ports, all distinct."""
+    base = free_port_block(block)
+    taken = list(range(base, base + block))
+    ports = [base]
+    for _ in range(singles):
+        port = free_port_block(1, avoid=tuple(taken))
+        taken.append(port)
+        ports.append(port)
+    return tuple(ports)
 
 
 def _is_free(port: int) -> bool:

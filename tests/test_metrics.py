@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import prometheus_client
 import pytest
 from cratedb_double import DoubleProcess, count_rows
-from locust_live import LiveLocust, free_port_block, get, sample_sum, scrape, wait_until
+from locust_live import LiveLocust, free_ports, get, sample_sum, scrape, wait_until
 from prometheus_client import generate_latest
 
 from dg_locust.client import InsertOutcome
@@ -98,7 +98,7 @@ def _rows(samples, **labels):
 
 
 def test_local_run_metrics_count_exactly_the_rows_the_database_stored(double, tmp_path):
-    port, web_port = free_port_block(1), free_port_block(1)
+    port, web_port = free_ports(1, 1)
     args = ["--autostart", "-u", "4", "-r", "4", "-t", "3s", "-H", double.url, "--prometheus-port", str(port)]
     args += ["--web-host", "127.0.0.1", "--web-port", str(web_port)]
     with LiveLocust(args, tmp_path, "local") as local:
@@ -118,9 +118,10 @@ def test_local_run_metrics_count_exactly_the_rows_the_database_stored(double, tm
 
 
 def test_master_totals_equal_the_sum_over_workers_and_the_rows_stored(double, tmp_path):
-    port, web_port, master_port = free_port_block(3), free_port_block(1), free_port_block(1)
+    port, web_port, master_port = free_ports(3, 2)
     master_args = ["--master", "--autostart", "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "4s"]
     master_args += ["-H", double.url, "--prometheus-port", str(port), "--master-bind-port", str(master_port)]
+    master_args += ["--master-bind-host", "127.0.0.1"]
     master_args += ["--web-host", "127.0.0.1", "--web-port", str(web_port)]
     worker_args = ["--worker", "--master-port", str(master_port), "--prometheus-port", str(port)]
     with (
