@@ -1,13 +1,16 @@
 """Prometheus metrics: port rules, histograms, one registry per process, and /metrics of real runs vs the double."""
 
 import locust  # noqa: F401
+from locust.runners import MasterRunner
 
+import json
+import re
 from types import SimpleNamespace
 
 import prometheus_client
 import pytest
 from cratedb_double import DoubleProcess, count_rows
-from locust_live import LiveLocust, free_ports, get, sample_sum, scrape, wait_until
+from locust_live import PROJECT_DIR, LiveLocust, free_ports, get, sample_sum, scrape, wait_until
 from prometheus_client import generate_latest
 
 from dg_locust.client import InsertOutcome
@@ -158,3 +161,27 @@ def test_master_totals_equal_the_sum_over_workers_and_the_rows_stored(double, tm
         assert wait_until(latency_counts, timeout=10), "the master's latency histograms never matched the workers'"
         assert _rows(scrape(web_url)) == _rows(master_samples)
         assert b"# TYPE dg_rows_inserted_total counter" in get(worker_urls[0])
+
+
+class _IdleMaster(MasterRunner):
+    """Only the role of a master: no server, no greenlets."""
+
+    def __init__(self):
+        self.greenlet = None
+
+
+def test_grafana_dashboard_queries_only_metrics_dg_locust_exposes():
+    dashboard = json.loads((PROJECT_DIR / "grafana" / "dg-locust.json").read_text())
+    environment = _fake_environment(RunLedger())
+    environment.runner = _IdleMaster()  # a master also exposes dg_workers_reporting
+    exposed = {family.name for family in DgMetrics(environment).registry.collect()}
+    queried = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "prometheus", panel["title"]
+            queried |= {
+                re.sub(r"_(total|bucket|count|sum)$", "", name) for name in re.findall(r"dg_\w+", target["expr"])
+            }
+    assert queried and queried <= exposed, queried - exposed
+    assert {"dg_rows_inserted", "dg_batch_size", "dg_insert_duration_seconds", "dg_rows_failed"} <= queried
