@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from dg_locust.client import CrateError, CrateHttpClient
 from dg_locust.ledger import RunLedger
 from dg_locust.options import OptionError, Settings, parse_hosts
+from dg_locust.runtime import EXIT_BAD_INPUT
 from dg_locust.schema import TableSchema, check_table_name
 
 EXIT_THRESHOLD = 3
@@ -155,6 +156,12 @@ class RunChecks:
             settings = Settings.from_options(self.environment.parsed_options)
         except OptionError:
             return None  # the runtime has reported it already
+        wanted = settings.verify or settings.min_rows_per_sec > 0 or settings.max_fail_ratio < 1
+        if wanted and self.environment.process_exit_code == EXIT_BAD_INPUT:
+            # The run was stopped by an error (credentials, unreachable database): its numbers prove nothing, and
+            # counting would only wait for the same database again.
+            _say(f"dg checks: skipped: the run was stopped by an error (exit code {EXIT_BAD_INPUT})")
+            return None
         codes = []
         verdict = threshold_verdict(ledger, settings.min_rows_per_sec, settings.max_fail_ratio)
         if verdict is not None:

@@ -3,14 +3,23 @@
 import locust  # noqa: F401
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from cratedb_double import DoubleProcess, count_rows
 from locust_run import run_locust
 
-from dg_locust.checks import EXIT_THRESHOLD, EXIT_VERIFY, count_targets, threshold_verdict, verify_verdict
+from dg_locust.checks import (
+    EXIT_THRESHOLD,
+    EXIT_VERIFY,
+    RunChecks,
+    count_targets,
+    threshold_verdict,
+    verify_verdict,
+)
 from dg_locust.client import InsertOutcome
 from dg_locust.ledger import RunLedger
+from dg_locust.options import OPTIONS
 
 TABLE = "doc.temperature"
 
@@ -164,3 +173,15 @@ def test_max_fail_ratio_decides_the_exit_code_with_locusts_exit_code_on_error(
     line = _line(result, "dg thresholds:")
     assert line.startswith("dg thresholds: FAILED: " if exit_code == EXIT_THRESHOLD else "dg thresholds: passed: ")
     assert f"failed/attempted rows {summary['failed']}/" in line
+
+
+def test_checks_are_skipped_with_one_line_when_the_run_was_stopped_by_an_error(capsys):
+    options = SimpleNamespace(**{spec.dest: spec.default for spec in OPTIONS})
+    options.verify, options.min_rows_per_sec = True, 1000.0
+    ledger = _ten_second_run(inserted=10, failed=0)
+    environment = SimpleNamespace(
+        dg=SimpleNamespace(ledger=ledger), parsed_options=options, host="http://127.0.0.1:1", process_exit_code=2
+    )
+    assert RunChecks(environment).run_checks() is None
+    assert environment.process_exit_code == 2
+    assert capsys.readouterr().out == "dg checks: skipped: the run was stopped by an error (exit code 2)\n"
