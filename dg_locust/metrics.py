@@ -35,7 +35,7 @@ KUBERNETES_ENV_VAR = "KUBERNETES_SERVICE_HOST"
 # Batch latency in seconds: a small batch on an idle node takes milliseconds, a large one on a busy cluster seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LABELS = ("user_class", "table", "role")
-# Ledger counter -> (metric name without _total, help)
+# (ledger counter, metric name without the _total suffix, help)
 COUNTER_METRICS = (
     ("inserted", "dg_rows_inserted", "Rows CrateDB acknowledged"),
     ("failed", "dg_rows_failed", "Rows CrateDB refused (error response or per-row failure)"),
