@@ -26,6 +26,10 @@ TABLE = "doc.temperature"
 INGEST_TS_MS = 1_600_000_000_000
 DELTA_MS = 500
 BASE_ENV = {"INGEST_TS": str(INGEST_TS_MS // 1000)}
+# Real-time pacing for the takeover tests: after a stall a worker has more steps due than its lease holds, so it
+# sends right up to its lease limit at once, and a takeover that started any lower would store duplicates.
+PACED_DELTA_MS = 250
+PACED = {"INGEST_MODE": "consecutive", "INGEST_DELTA": str(PACED_DELTA_MS / 1000)}
 TAKES = re.compile(r"worker (\d+) takes sensors (\d+)\.\.(\d+)")
 TAKES_OVER = re.compile(r"worker (\d+) takes over sensors (\d+)\.\.(\d+) of worker (\d+) from step (\d+)")
 WORKER_LINE = re.compile(r"^dg worker (\d+): inserted=(\d+) failed=(\d+) in_doubt=(\d+)$", re.M)
@@ -131,13 +135,13 @@ def worker_rows(result: LocustResult) -> dict[int, dict[str, int]]:
     return rows
 
 
-def stored(db_path, first: int, last: int, from_step: int = 0) -> int:
+def stored(db_path, first: int, last: int, from_step: int = 0, delta_ms: int = DELTA_MS) -> int:
     """Rows stored for sensors first..last at step ``from_step`` or later."""
     with sqlite3.connect(db_path) as conn:
         sql = (
             f'SELECT count(*) FROM "{storage_table("doc", "temperature")}" WHERE sensor_id BETWEEN ? AND ? AND ts >= ?'
         )
-        return conn.execute(sql, (first, last, INGEST_TS_MS + from_step * DELTA_MS)).fetchone()[0]
+        return conn.execute(sql, (first, last, INGEST_TS_MS + from_step * delta_ms)).fetchone()[0]
 
 
 def assert_each_worker_stored_exactly_its_rows(result: LocustResult, db_path) -> None:
@@ -172,7 +176,7 @@ def test_processes_option_runs_workers_with_disjoint_rows(double, tmp_path):
 
 def test_a_worker_started_after_one_was_killed_takes_over_its_sensors_without_duplicates(double, tmp_path):
     port = free_port()
-    master = Master(master_args(port, 2, 4, double.url, "15s"), tmp_path)
+    master = Master(master_args(port, 2, 6, double.url, "15s"), tmp_path, PACED)
     first, second = Worker(port, tmp_path, "first"), Worker(port, tmp_path, "second")
     master.wait_for(TAKES, 2)
     time.sleep(2)
@@ -193,12 +197,43 @@ def test_a_worker_started_after_one_was_killed_takes_over_its_sensors_without_du
     per_worker = worker_rows(result)
     # The replacement wrote rows, and only at or after the step it took over at, which the dead worker never reached.
     assert per_worker[new_index]["inserted"] > 0
-    assert stored(double.db_path, first_id, last_id, from_step=start) == per_worker[new_index]["inserted"]
+    taken_over = stored(double.db_path, first_id, last_id, from_step=start, delta_ms=PACED_DELTA_MS)
+    assert taken_over == per_worker[new_index]["inserted"]
     (survivor,) = set(slices) - {dead_index}
     assert stored(double.db_path, *slices[survivor]) == per_worker[survivor]["inserted"] > 0
     assert duplicate_keys(double.db_path, TABLE, ["sensor_id", "ts"]) == 0
     # The dead worker's last seconds never reached the master, so the stored rows may exceed its total.
     assert count_rows(double.db_path, TABLE) >= result.summary["inserted"]
+
+
+def test_a_stalled_worker_that_comes_back_after_a_takeover_never_sends_its_successors_rows(double, tmp_path):
+    port = free_port()
+    master = Master(master_args(port, 2, 6, double.url, "14s"), tmp_path, PACED)
+    first, second = Worker(port, tmp_path, "first"), Worker(port, tmp_path, "second")
+    master.wait_for(TAKES, 2)
+    time.sleep(1.5)
+    first.process.send_signal(signal.SIGSTOP)  # no heartbeats: the master marks it missing, but it is not dead
+    replacement = Worker(port, tmp_path, "replacement")
+    taken = master.wait_for(TAKES_OVER, 1, timeout=30)
+    first.process.send_signal(signal.SIGCONT)  # it still holds a lease below the replacement's first step
+    result = master.finish()
+    assert [w.finish() for w in (first, second, replacement)] == [0, 0, 0]
+    assert result.exit_code == 0, result.output[-3000:]
+
+    new_index, first_id, last_id, stalled_index, start = (int(x) for x in taken[0])
+    per_worker = worker_rows(result)
+    assert per_worker[new_index]["inserted"] > 0 and per_worker[stalled_index]["inserted"] > 0
+    # Split at the takeover step, the slice's rows are exactly the stalled worker's and exactly the replacement's,
+    # and the stalled worker sent the step just below it: it used its lease to the end, and not one step further.
+    sensors = last_id - first_id + 1
+    assert stored(double.db_path, first_id, last_id, start, PACED_DELTA_MS) == per_worker[new_index]["inserted"]
+    last_step = stored(double.db_path, first_id, last_id, start - 1, PACED_DELTA_MS) - per_worker[new_index]["inserted"]
+    assert last_step == sensors
+    below = stored(double.db_path, first_id, last_id) - per_worker[new_index]["inserted"]
+    assert below == per_worker[stalled_index]["inserted"]
+    assert f"another worker took over sensors {first_id}..{last_id}" in first.output()
+    assert duplicate_keys(double.db_path, TABLE, ["sensor_id", "ts"]) == 0
+    assert count_rows(double.db_path, TABLE) == result.summary["inserted"]  # every worker lived to report
 
 
 def test_ingest_size_ends_a_distributed_run_with_exactly_ids_times_size_rows(double, tmp_path):
