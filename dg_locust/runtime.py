@@ -8,7 +8,9 @@ onto Locust's events (the pattern of Locust's ``contrib`` listeners):
   input, and gives in-flight batches a stop timeout;
 - ``test_start``: starts a fresh ledger and forgets the previous run's pipelines (the web UI can run many tests);
 - ``report_to_master`` / ``worker_report``: cumulative row counters from workers to the master;
-- ``test_stop``: prints the one-line summary on the master or local runner;
+- ``test_stopping`` on a master: has every worker stop its users and send its final counters (``dg_finish`` /
+  ``dg_final``), so the summary holds the last seconds too;
+- ``test_stop``: prints the one-line summary on the master or local runner (and a master's per-worker lines);
 - ``quitting``: closes the HTTP pools.
 
 It also owns the pipelines (one per user class in this process), ends the run when every sensor has its
