@@ -45,6 +45,8 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from dg_locust.batch import all_rows_inserted
+
 SQL_PATH = "/_sql"
 OVERLOAD_STATUSES = (429, 503)
 AUTH_STATUSES = (401, 403)
@@ -245,6 +247,9 @@ class CrateHttpClient:
         return InsertOutcome(0, 0, rows, error=message, overload=overload)
 
     def _classify_success(self, body: bytes, rows: int, method: str) -> InsertOutcome:
+        if method != "unnest" and all_rows_inserted(body, rows):
+            # The usual bulk answer, checked byte for byte: parsing 20k result dicts cost a quarter of the CPU.
+            return InsertOutcome(rows, 0, 0)
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
