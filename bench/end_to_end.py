@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import load, machine, run_ours, start_double, table_row  # noqa: E402
+from harness import count_checks, load, machine, run_ours, start_double, table_row  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +37,8 @@ def main() -> None:
     print(machine())
     print(f"setup:    fresh rows of models/temperature.json, 500 sensors, {args.users} users, one worker process")
     print(f"          on CPU 0, double --count-only on CPU 1; {args.warm_up:g} s warm-up, {args.seconds:g} s counted\n")
-    print("| run | rows/s (double, window) | rows/s (dg summary) | worker CPU | double CPU |")
-    print("|---|---:|---:|---:|---:|")
+    print("| run | rows/s (double, window) | rows/s (dg summary) | worker CPU | rows per worker CPU-s | double CPU |")
+    print("|---|---:|---:|---:|---:|---:|")
     with start_double() as double:
         for method in args.methods:
             for size in args.batch_sizes:
@@ -47,7 +47,8 @@ def main() -> None:
                         double, method, size, users=args.users, warm_up=args.warm_up, seconds=args.seconds
                     )
                     print(table_row(window), flush=True)
-    print(f"\nload at end: {load()}")
+        print(f"\n{count_checks(double)}")
+    print(f"load at end: {load()}")
 
 
 if __name__ == "__main__":

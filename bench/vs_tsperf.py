@@ -6,7 +6,8 @@ runs on CPU 0: dg-locust with ``--insert-method unnest`` and ``bulk`` (one worke
 tsperf (``tsperf write --adapter cratedb --ingest-mode fast --ingest-size 0``, endless, with its default two insert
 threads and its adaptive batch size, and once more with the same fixed batch size as ours). Every run is counted
 by the double over the same window after the same warm-up. Alternating the tools round by round keeps a noisy
-neighbour from favouring one of them. The ratio printed is ours / best tsperf run.
+neighbour from favouring one of them. The ratio printed is ours / best tsperf run, in rows per second and in rows
+per CPU-second of the generator process.
 
 Both use ``models/temperature.json`` (it is tsperf's own fridge schema format) and ids 1-500.
 
@@ -30,7 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import PROJECT_DIR, Window, load, machine, run_ours, start_double, table_row, timed_run  # noqa: E402
+from harness import (
+    PROJECT_DIR,
+    Window,
+    count_checks,
+    load,
+    machine,
+    run_ours,
+    start_double,
+    table_row,
+    timed_run,
+)  # noqa: E402
 
 TSPERF = "tsperf==1.2.1"
 WRAPPER = '''"""tsperf's CLI, with its CrateDB DDL and INSERT text changed to what the test double understands."""
@@ -97,9 +108,10 @@ def main() -> None:
     print(machine())
     print("setup:    models/temperature.json, ids 1-500; each tool on CPU 0, double --count-only on CPU 1;")
     print(f"          {args.warm_up:g} s warm-up, {args.seconds:g} s counted; dg-locust {args.users} users\n")
-    print("| run | round | rows/s (double, window) | rows/s (dg summary) | generator CPU | double CPU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| run | round | rows/s (double, window) | rows/s (dg summary) | CPU | rows per CPU-s | double CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     best: dict[str, float] = {}
+    best_per_cpu: dict[str, float] = {}
     timing = {"warm_up": args.warm_up, "seconds": args.seconds}
     with start_double() as double:
         for round_no in range(1, args.rounds + 1):
@@ -113,10 +125,15 @@ def main() -> None:
                 print(table_row(window, str(round_no)), flush=True)
                 key = "tsperf" if window.label.startswith("tsperf") else window.label
                 best[key] = max(best.get(key, 0.0), window.rows_per_s)
+                best_per_cpu[key] = max(best_per_cpu.get(key, 0.0), window.rows_per_cpu_s)
+        checks = count_checks(double)
     tsperf = best["tsperf"]
     print()
     for label in (f"dg-locust unnest {args.batch_size}", f"dg-locust bulk {args.batch_size}"):
         print(f"{label}: best {best[label]:,.0f} rows/s = {best[label] / tsperf:.1f}x tsperf's best {tsperf:,.0f}")
+        per_cpu = best_per_cpu[label] / best_per_cpu["tsperf"]
+        print(f"    per CPU-second of the generator: {per_cpu:.1f}x (tsperf's threads may get more of a busy core)")
+    print(checks)
     print(f"load at end: {load()}")
 
 
