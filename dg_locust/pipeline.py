@@ -172,7 +172,13 @@ class IngestPipeline:
             response_time=duration * 1000,
             response_length=outcome.inserted,
             exception=exception,
-            context={"rows": batch.row_count, "failed": outcome.failed, "in_doubt": outcome.in_doubt},
+            context={
+                "rows": batch.row_count,
+                "failed": outcome.failed,
+                "in_doubt": outcome.in_doubt,
+                "user_class": self.class_name,
+                "table": self.table.display_name,
+            },
         )
 
     def close(self) -> None:
