@@ -36,6 +36,7 @@ from dg_locust.ledger import REPORT_KEY, RunLedger
 from dg_locust.model import ModelError, load_model
 from dg_locust.options import SEED_HOST_ENV_VAR, OptionError, Settings, parse_hosts
 from dg_locust.pipeline import IngestPipeline
+from dg_locust.schema import table_for_model
 
 ABORT_MESSAGE = "dg_abort"
 EXHAUSTED_MESSAGE = "dg_exhausted"
@@ -127,7 +128,15 @@ class DgRuntime:
             settings = Settings.from_options(self.environment.parsed_options)
             if self.headless and not self.is_worker:
                 parse_hosts(self.environment.host)
-            load_model(settings.model_path)
+            model = load_model(settings.model_path)
+            # The table name may come from the model file: check it now, not when the first user starts.
+            table_for_model(
+                model,
+                table_option=settings.table,
+                partition=settings.partition,
+                shards=settings.shards,
+                replicas=settings.replicas,
+            )
         except (OptionError, ModelError) as error:
             return str(error)
         return None

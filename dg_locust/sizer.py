@@ -44,6 +44,13 @@ Search (sizes move on a log grid of 8 steps per doubling, ~9 % apart, rounded to
                After one window at the halved size the sizer returns to the best size it remembers below the
                ceiling, or climbs up towards the ceiling with x1.41 steps. Overloads reported by straggling batches of
                a size larger than the current one lower the ceiling but do not cut again.
+    recovery   when an overload episode went on although the size was halved, and none of its batches timed out
+               (slow batches in doubt: those may really be too big), its failures did not depend on the batch size
+               (a node restarting, 503s, a fault hitting every request) and the ceiling it left means nothing. Once
+               no batch has failed for two windows' time, the sizer forgets that ceiling and returns to the best size
+               it knew before the episode (then narrows around it), so throughput is back within seconds of the
+               database's recovery. At most once per ``ceiling_decay_s``: an overload soon after a recovery is taken
+               as a real limit.
 
     Failures never pull the size up: a window without acknowledged rows, or any batch of the current size or smaller
     in the last ``window_s`` seconds that failed (overload, in doubt, or at least half of its rows refused), makes the
@@ -212,6 +219,17 @@ class _Meter:
         return m
 
 
+@dataclass
+class _Episode:
+    """Overloads in a row, until no batch has failed for two windows' time (grid indexes)."""
+
+    before: int  # the best size before the episode
+    first: int  # the size of its first cut
+    lowest: int  # the smallest size it cut at
+    may_recover: bool  # no recovery shortly after the last one
+    timed_out: bool = False  # a batch in doubt after a long time: the size may really be too big
+
+
 def _round2(x: float) -> int:
     """Two significant digits (1414 -> 1400), so that sizes read well in logs; exact below 100."""
     if x < 100:
@@ -268,6 +286,10 @@ class BatchSizer:
         self._ceiling: int | None = None  # grid index: it and everything above are avoided
         self._ceiling_t = now
         self._ceiling_repeats = 0
+        # The overload episode going on, None when there is none; see "recovery" in the module docstring.
+        self._episode: _Episode | None = None
+        self._recovered_t = -math.inf
+        self._ok_d = 0.0  # moving average of the latency of batches without failures: what "slow" means
         # Recent share of refused rows, the level a "rising share" is measured against; None before the first window.
         self._fail_base: float | None = None
         self._bad_t = -math.inf  # last failed batch no larger than the current size
@@ -297,9 +319,14 @@ class BatchSizer:
         if (overload or in_doubt > 0 or refused >= 0.5) and size <= self.current:
             self._bad_t = now
         m = self._meter.add(size, now, duration_s, inserted, failed, in_doubt)
+        if not (failed or in_doubt):
+            self._ok_d = duration_s if self._ok_d == 0 else 0.9 * self._ok_d + 0.1 * duration_s
         if overload or in_doubt > 0 or mostly_refused:
             why = "overload" if overload else "rows in doubt" if in_doubt else f"{refused:.0%} of rows refused"
             self._overload(size, now, why)
+            if self._episode is not None and in_doubt > 0 and not duration_s <= 4 * self._ok_d:
+                # A batch that ran into a timeout may just be too big for the cluster as it is now: a real limit.
+                self._episode.timed_out = True
         elif m is not None:
             self._on_window(m, now)
         self._maybe_log(now)
@@ -385,6 +412,10 @@ class BatchSizer:
             self._ceiling_t = now
         if not cut:
             return  # a straggler of a larger size: the size was already cut below it
+        if self._episode is None:
+            may_recover = now - self._recovered_t >= self._s.ceiling_decay_s
+            self._episode = _Episode(before=self._best, first=fail, lowest=fail, may_recover=may_recover)
+        self._episode.lowest = min(self._episode.lowest, fail)
         cut_to = max(0, fail - _OCTAVE)
         if cut_to < self._idx:
             self._backoffs += 1
@@ -413,6 +444,18 @@ class BatchSizer:
         if rising:
             self._overload(m.size, now, f"{m.failed_share:.0%} of rows refused")
             return
+        if self._episode is not None and m.rows_per_s > 0 and now - self._bad_t >= 2 * self._s.window_s:
+            episode, self._episode = self._episode, None
+            if episode.may_recover and not episode.timed_out and episode.lowest <= episode.first - _OCTAVE:
+                # Halving did not stop the failures, so they were not about the batch size: forget the ceiling and
+                # go back to the best size known before the episode, re-measuring it and its neighbours.
+                self._ceiling, self._ceiling_repeats = None, 0
+                self._recovered_t = now
+                self._best = episode.before
+                self._est.pop(episode.before, None)
+                self._phase, self._h = "narrowing", _PROBE
+                self._go(episode.before, "recovered from overload", now)
+                return
         if m.rows_per_s <= 0 or now - self._bad_t < self._s.window_s:
             return  # failures are going on: no measurement to trust, and growing is forbidden; keep measuring
         i = self._idx
