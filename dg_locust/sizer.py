@@ -322,10 +322,13 @@ class BatchSizer:
         if not (failed or in_doubt):
             self._ok_d = duration_s if self._ok_d == 0 else 0.9 * self._ok_d + 0.1 * duration_s
         if overload or in_doubt > 0 or mostly_refused:
+            # A batch of the current size that stayed in doubt ten times longer than healthy batches take ran into a
+            # timeout: it may just be too big for the cluster as it is now, a real limit. (Stragglers of a larger size
+            # are slower anyway, and were acted upon already.)
+            timed_out = in_doubt > 0 and size <= self.current and not duration_s <= 10 * self._ok_d
             why = "overload" if overload else "rows in doubt" if in_doubt else f"{refused:.0%} of rows refused"
             self._overload(size, now, why)
-            if self._episode is not None and in_doubt > 0 and not duration_s <= 4 * self._ok_d:
-                # A batch that ran into a timeout may just be too big for the cluster as it is now: a real limit.
+            if self._episode is not None and timed_out:
                 self._episode.timed_out = True
         elif m is not None:
             self._on_window(m, now)
