@@ -26,6 +26,13 @@ from harness import GENERATOR_CPU, SUMMARY, counted, load, locust_command, machi
 TOLERANCE = 0.10
 
 
+def batch_size(samples: list, at: tuple) -> float:
+    """Rows per insert request over the 10 s before the sample ``at``."""
+    before = next((s for s in reversed(samples) if s[0] <= at[0] - 10), samples[0])
+    requests = at[3] - before[3]
+    return (at[2] - before[2]) / requests if requests else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -42,7 +49,9 @@ def main() -> None:
     )
     run_s = args.minutes * 60
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
-    samples: list[tuple[float, float, int]] = []  # (seconds since first rows, RSS MB, rows counted)
+    # (seconds since first rows, RSS MiB, rows counted, insert requests): rows per request between two samples is
+    # the batch size the worker used, which an adaptive run keeps changing (and RSS follows the size of the bodies)
+    samples: list[tuple[float, float, int, int]] = []
     with start_double() as double:
         command = locust_command(
             url=double.url, method=args.method, batch_size=args.batch_size, users=args.users, run_seconds=run_s
@@ -64,7 +73,8 @@ def main() -> None:
                     rss = worker.memory_info().rss / 2**20
                 except psutil.NoSuchProcess:
                     break
-                samples.append((time.monotonic() - began, rss, counted(double)))
+                stats = double.stats()
+                samples.append((time.monotonic() - began, rss, stats["rows_counted_total"], stats["insert_requests"]))
                 time.sleep(1.0)
             output = proc.communicate(timeout=120)[0]
         finally:
@@ -79,12 +89,11 @@ def main() -> None:
     rows_per_s = (end[2] - warm[2]) / (end[0] - warm[0])
     drift = (end[1] - warm[1]) / warm[1]
     summary = SUMMARY.findall(output)
-    print("| point | seconds after first rows | RSS (MiB) |")
-    print("|---|---:|---:|")
-    print(f"| start (process loaded, no rows yet) | 0 | {start_rss:.1f} |")
-    print(f"| after warm-up | {warm[0]:.0f} | {warm[1]:.1f} |")
-    print(f"| peak | {peak[0]:.0f} | {peak[1]:.1f} |")
-    print(f"| end | {end[0]:.0f} | {end[1]:.1f} |")
+    print("| point | seconds after first rows | RSS (MiB) | rows per request, last 10 s |")
+    print("|---|---:|---:|---:|")
+    print(f"| start (process loaded, no rows yet) | 0 | {start_rss:.1f} | - |")
+    for label, sample in (("after warm-up", warm), ("peak", peak), ("end", end)):
+        print(f"| {label} | {sample[0]:.0f} | {sample[1]:.1f} | {batch_size(running, sample):,.0f} |")
     after = [s[1] for s in running if s[0] >= args.warm_up]
     print(f"\nafter warm-up: min {min(after):.1f} MiB, max {max(after):.1f} MiB over {len(after)} samples")
     print(f"rows/s after warm-up (double): {rows_per_s:,.0f}; dg summary: {summary[-1][3] if summary else '-'}")
