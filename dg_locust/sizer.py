@@ -49,8 +49,9 @@ Search (sizes move on a log grid of 8 steps per doubling, ~9 % apart, rounded to
                (a node restarting, 503s, a fault hitting every request) and the ceiling it left means nothing. Once
                no batch has failed for two windows' time, the sizer forgets that ceiling and returns to the best size
                it knew before the episode (then narrows around it), so throughput is back within seconds of the
-               database's recovery. At most once per ``ceiling_decay_s``: an overload soon after a recovery is taken
-               as a real limit.
+               database's recovery. At most once per ``ceiling_decay_s``, so that a real limit it misjudged costs a
+               few failed batches per period at most; until then the episode stays open and keeps the size to return
+               to (a fault that comes and goes does not pin the size at the minimum).
 
     Failures never pull the size up: a window without acknowledged rows, or any batch of the current size or smaller
     in the last ``window_s`` seconds that failed (overload, in doubt, or at least half of its rows refused), makes the
@@ -226,7 +227,6 @@ class _Episode:
     before: int  # the best size before the episode
     first: int  # the size of its first cut
     lowest: int  # the smallest size it cut at
-    may_recover: bool  # no recovery shortly after the last one
     timed_out: bool = False  # a batch in doubt after a long time: the size may really be too big
 
 
@@ -416,8 +416,7 @@ class BatchSizer:
         if not cut:
             return  # a straggler of a larger size: the size was already cut below it
         if self._episode is None:
-            may_recover = now - self._recovered_t >= self._s.ceiling_decay_s
-            self._episode = _Episode(before=self._best, first=fail, lowest=fail, may_recover=may_recover)
+            self._episode = _Episode(before=self._best, first=fail, lowest=fail)
         self._episode.lowest = min(self._episode.lowest, fail)
         cut_to = max(0, fail - _OCTAVE)
         if cut_to < self._idx:
@@ -448,10 +447,13 @@ class BatchSizer:
             self._overload(m.size, now, f"{m.failed_share:.0%} of rows refused")
             return
         if self._episode is not None and m.rows_per_s > 0 and now - self._bad_t >= 2 * self._s.window_s:
-            episode, self._episode = self._episode, None
-            if episode.may_recover and not episode.timed_out and episode.lowest <= episode.first - _OCTAVE:
+            episode = self._episode
+            if episode.timed_out or episode.lowest > episode.first - _OCTAVE:
+                self._episode = None  # the cut helped, or batches timed out: a real limit, the ceiling stays
+            elif now - self._recovered_t >= self._s.ceiling_decay_s:
                 # Halving did not stop the failures, so they were not about the batch size: forget the ceiling and
                 # go back to the best size known before the episode, re-measuring it and its neighbours.
+                self._episode = None
                 self._ceiling, self._ceiling_repeats = None, 0
                 self._recovered_t = now
                 self._best = episode.before

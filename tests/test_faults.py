@@ -221,16 +221,16 @@ def test_database_unreachable_at_start_gives_one_message_and_exit_non_zero(tmp_p
     assert time.monotonic() - started < 15
 
 
-def _drive_sizer(sizer: BatchSizer, clock, fail_from: float, fail_until: float, failure: dict, until: float) -> list:
-    """Four users sending back to back; batches between the two times fail as ``failure`` says (duration, counts).
-    Returns (time, current size) after every batch."""
+def _drive_sizer(sizer: BatchSizer, clock, faulty: list, failure: dict, until: float) -> list:
+    """Four users sending back to back; batches sent within the ``faulty`` (from, until) intervals fail as
+    ``failure`` says (duration, counts). Returns (time, current size) after every batch."""
     users = [(0.0, user) for user in range(4)]
     trace = []
     while users:
         users.sort()
         sent, user = users.pop(0)
         size = sizer.current
-        if fail_from <= sent < fail_until:
+        if any(start <= sent < end for start, end in faulty):
             duration, counts = failure["duration_s"], {k: v * size for k, v in failure["rows"].items()}
             clock.now = sent + duration
             sizer.record(size=size, duration_s=duration, overload=failure["overload"], **counts)
@@ -258,7 +258,7 @@ def test_the_sizer_returns_to_its_size_after_overload_that_did_not_depend_on_siz
 
     clock = Clock()
     sizer = BatchSizer(SizerSettings(), clock=clock)
-    trace = _drive_sizer(sizer, clock, fail_from=20, fail_until=25, failure=failure, until=40)
+    trace = _drive_sizer(sizer, clock, [(20, 25)], failure, until=40)
     before = max(size for t, size in trace if t < 20)
     during = min(size for t, size in trace if 20 <= t < 30)
     after = max(size for t, size in trace if 25 + 1 <= t <= 25 + 8)
@@ -269,6 +269,23 @@ def test_the_sizer_returns_to_its_size_after_overload_that_did_not_depend_on_siz
     else:
         # Timeouts may mean the batches are too big for the cluster now: the ceiling stays and decays slowly.
         assert after < before / 2, (before, after)
+
+
+def test_a_fault_that_comes_and_goes_does_not_pin_the_batch_size_at_the_minimum():
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    sizer = BatchSizer(SizerSettings(), clock=clock)
+    # Refusals for 5 s every 15 s: more often than the sizer may recover (at most once per 30 s), so the second
+    # storm ends without a recovery; the third one must not start from scratch at the minimum size.
+    trace = _drive_sizer(sizer, clock, [(20, 25), (35, 40), (50, 55)], REFUSED, until=70)
+    before = max(size for t, size in trace if t < 20)
+    assert min(size for t, size in trace if 50 <= t < 55) <= before / 4  # it backs off every time
+    assert max(size for t, size in trace if 55 <= t <= 65) >= before / 2  # and is back within 10 s of the last
 
 
 # --- several servers, one of them bad ---
