@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ClassLedger:
-    """Cumulative row counters of one user class in this process."""
+class Totals:
+    """The row counters (``COUNTERS``): rows inserted, failed and in doubt, retries, rows generated, batches."""
 
     inserted: int = 0
     failed: int = 0
@@ -31,6 +31,20 @@ class ClassLedger:
     retries: int = 0
     generated: int = 0
     batches: int = 0
+
+    def add(self, report: dict) -> None:
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + int(report.get(name, 0)))
+
+    @property
+    def attempted(self) -> int:
+        return self.inserted + self.failed + self.in_doubt
+
+
+@dataclass
+class ClassLedger(Totals):
+    """Cumulative row counters of one user class in this process, and what the sizer and pipeline last said."""
+
     batch_size: int = 0  # the last batch size the sizer chose
     best_batch_size: int = 0
     best_rows_per_s: float = 0.0
@@ -67,24 +81,6 @@ class ClassLedger:
             last_ts_ms=self.last_ts_ms,
         )
         return report
-
-
-@dataclass
-class Totals:
-    inserted: int = 0
-    failed: int = 0
-    in_doubt: int = 0
-    retries: int = 0
-    generated: int = 0
-    batches: int = 0
-
-    def add(self, report: dict) -> None:
-        for name in COUNTERS:
-            setattr(self, name, getattr(self, name) + int(report.get(name, 0)))
-
-    @property
-    def attempted(self) -> int:
-        return self.inserted + self.failed + self.in_doubt
 
 
 @dataclass
