@@ -229,10 +229,18 @@ def _run_texts(kind: str, run: list[np.ndarray], end: bytes) -> list[bytes]:
         texts = np.array([text + end for text in _bool_texts(len(run))], dtype=object)
         return texts[_bool_code(run)].tolist()
     if len(run) == 1 and not end:
-        return orjson.dumps(run[0], option=_NUMPY)[1:-1].split(b",")
+        return _split(orjson.dumps(run[0], option=_NUMPY), b",", 1, 1)
     # A (rows, k) array comes out as [[a,b],[c,d],...]: cut at "],[" (or at ",[" to keep each row's "]").
     text = orjson.dumps(np.column_stack(run), option=_NUMPY)
-    return text[2:-1].split(b",[") if end else text[2:-2].split(b"],[")
+    return _split(text, b",[", 2, 1) if end else _split(text, b"],[", 2, 2)
+
+
+def _split(text: bytes, separator: bytes, lead: int, trail: int) -> list[bytes]:
+    """``text[lead:-trail].split(separator)`` without first copying the whole text for the slice."""
+    parts = text.split(separator)
+    parts[0] = parts[0][lead:]
+    parts[-1] = parts[-1][:-trail]
+    return parts
 
 
 @functools.lru_cache(maxsize=8)
