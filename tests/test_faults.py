@@ -362,7 +362,10 @@ def _rate(samples, start, end) -> float:
 def test_throughput_recovers_within_10_s_when_the_database_does(tmp_path, disruption, timeout):
     """Rows/s measured at the database every 0.25 s, before and after 3 s of disruption: the node killed (SIGKILL)
     and started again on the same port and database, or refusing every insert (503 or circuit breaker)."""
-    double = DoubleProcess(tmp_path / "crate.sqlite").start()
+    # The double's latency model, not the shared CPU, sets the pace: 20 ms per request and 40 us per row, two
+    # requests at a time, so rows/s depend on the batch size (about 8k at 100 rows, 33k at 1000, 44k at 5000) and
+    # a batch size stuck low after the disruption shows, while other processes on the machine matter little.
+    double = DoubleProcess(tmp_path / "crate.sqlite", overhead_ms=20, per_row_us=40, max_concurrency=2).start()
     args = ["--headless", "-u", "4", "-r", "4", "-t", "17s", "--exit-code-on-error", "0", "--timeout", str(timeout)]
     locust_process = _start_locust([*args, "-H", double.url], tmp_path)
     started = time.monotonic()
@@ -392,11 +395,11 @@ def test_throughput_recovers_within_10_s_when_the_database_does(tmp_path, disrup
     report = json.loads((tmp_path / "report.json").read_text())
     counts = accounted(LocustResult(locust_process.returncode, stdout, stderr, report), double.db_path)
     assert began is not None and ended is not None
-    # The machine's two cores are shared (the double, Locust and whatever else runs), so rates wobble: compare the
-    # best 2 s before the disruption with the best 2 s that end within 10 s of its end, and ask for half.
+    # The best 2 s before the disruption against the best 2 s that end within 10 s of its end.
     before = max(_rate(samples, t, t + 2) for t, _ in samples if began - 4 <= t <= began - 2)
     after = max(_rate(samples, t, t + 2) for t, _ in samples if ended <= t <= ended + 8)
-    assert before > 0 and after >= 0.5 * before, (before, after, samples, stderr[-3000:])
+    print(f"rows/s before {before:.0f}, after {after:.0f}")
+    assert before > 0 and after >= 0.6 * before, (before, after, samples, stderr[-3000:])
     if disruption == "restart" and timeout > 3:
         assert counts["failed"] == 0  # the batches waited for the node instead of failing
     elif disruption == "restart":
