@@ -1,0 +1,373 @@
+"""Benchmark of the adaptive batch size (issue 3): rows/s at the settled auto size next to the best fixed size.
+
+The database is the CrateDB test double in count-only mode with the latency model of
+tests/test_sizer_end_to_end.py: every INSERT costs an overhead plus a per-row cost (asyncio sleeps), at most
+``--max-concurrency`` inserts run at once and the rest queue, and inserts with more than ``--overload-rows`` rows
+fail with a circuit-breaker error. With more users than slots the double sets the pace, so its model predicts the
+rows/s of every fixed size: max_concurrency * s / (overhead + s * per_row) up to the cliff, 0 above.
+
+1. Fixed sizes: a log sweep (x1.41 steps from 500 up to 100000, stopping after two sizes in a row with no
+   acknowledged rows unless --full-sweep), then x1.09 steps on both sides of the best size found, and the model's own
+   optimum (an oracle size no sweep would hit exactly). Each size is one Locust run; its rows/s are the rows the
+   double acknowledged over ``--measure`` seconds, after ``--warmup`` seconds from its first answered batch.
+2. Auto: one longer Locust run with ``--batch-size auto``; its rows/s are the rows the double acknowledged from
+   ``--settle`` seconds after its first answered batch to the end of the run: the settled size with all its later
+   probing and back-offs, not a hand-picked quiet stretch.
+
+It prints auto / best fixed (target: at least 90 %), with the machine and the command to rerun. From the repository
+root (about 12 minutes with the defaults):
+
+    python bench/sizer.py
+
+``--simulate`` runs no Locust: it replays the double's model in a discrete-event simulation with the real sizer on a
+fake clock and prints, for cliffs from 2000 to 33000 rows, when the size in use enters +-30 % of the cliff for good
+(the sizer's settling time depends on where the cliff sits between two sizes of its grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import heapq
+import math
+import os
+import platform
+import random
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+sys.path.insert(0, str(PROJECT_DIR / "tests"))
+
+from cratedb_double import DoubleProcess  # noqa: E402
+
+from dg_locust.sizer import BatchSizer, SizerSettings  # noqa: E402
+
+SUMMARY = re.compile(r"^dg summary: .*$", re.M)
+SIZE_LINE = re.compile(r"batch size \d+ -> \d+ \(.*\)$")
+
+
+@dataclass(frozen=True)
+class Model:
+    """The double's latency model (the CLI flags of tests/cratedb_double.py) and what it predicts."""
+
+    overhead_ms: float
+    per_row_us: float
+    max_concurrency: int
+    overload_rows: int
+
+    def rows_per_s(self, size: float) -> float:
+        if size > self.overload_rows:
+            return 0.0
+        return self.max_concurrency * size / (self.overhead_ms / 1e3 + size * self.per_row_us / 1e6)
+
+    def optimum(self, minimum: int = 100, maximum: int = 100_000) -> int:
+        return max(range(minimum, maximum + 1), key=self.rows_per_s)
+
+
+@dataclass
+class Run:
+    """One Locust run against a fresh double: the double's counters sampled every `poll` seconds."""
+
+    label: str
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (time, 200s, acked rows, overloads)
+    summary: str = ""
+    size_lines: list[str] = field(default_factory=list)
+
+    def first_answer(self) -> float:
+        """When the first batch was answered (acknowledged or refused as overload)."""
+        return next((t for t, _, rows, overloads in self.samples if rows or overloads), self.samples[-1][0])
+
+    def span(self, start: float, end: float) -> tuple[float, int, int, int, list[float]]:
+        """Seconds, acknowledged rows, acknowledged batches, overloads and per-second mean sizes in [start, end]."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return 0.0, 0, 0, 0, []
+        a, b = inside[0], inside[-1]
+        # The 200 responses include the poller's own stats requests, one per sample.
+        batches = b[1] - a[1] - (len(inside) - 1)
+        return b[0] - a[0], b[2] - a[2], batches, b[3] - a[3], per_second_sizes(inside)
+
+
+def per_second_sizes(samples: list[tuple[float, int, int, int]]) -> list[float]:
+    sizes, i = [], 0
+    for j in range(1, len(samples)):
+        if samples[j][0] - samples[i][0] < 0.99:
+            continue
+        batches, rows = samples[j][1] - samples[i][1] - (j - i), samples[j][2] - samples[i][2]
+        if batches > 0:
+            sizes.append(rows / batches)
+        i = j
+    return sizes
+
+
+def run_locust(model: Model, args: argparse.Namespace, batch_args: list[str], seconds: float, label: str) -> Run:
+    run = Run(label)
+    with (
+        tempfile.TemporaryDirectory(prefix="dg_sizer_bench_") as tmp,
+        DoubleProcess(
+            count_only=True,
+            overhead_ms=model.overhead_ms,
+            per_row_us=model.per_row_us,
+            max_concurrency=model.max_concurrency,
+            overload_rows=model.overload_rows,
+            overload_response="circuit_breaker",
+        ) as double,
+    ):
+        command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), "--headless"]
+        command += ["--only-summary", "-u", str(args.users), "-r", str(args.users), "-t", f"{math.ceil(seconds)}s"]
+        command += ["--stop-timeout", "5", "--prometheus-port", "0", "--seed", "1", "-H", double.url, *batch_args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen(command, cwd=tmp, env=env, stdout=stdout, stderr=stderr)
+            while True:
+                stats = double.stats()
+                ok = int(stats["status"].get("200", 0))
+                run.samples.append((time.monotonic(), ok, stats["rows_acknowledged"], stats["overloads"]))
+                if proc.poll() is not None:
+                    break
+                time.sleep(args.poll)
+        found = SUMMARY.findall(out.read_text())
+        run.summary = found[-1] if found else f"(no summary; exit code {proc.returncode})"
+        run.size_lines = [m.group(0) for line in err.read_text().splitlines() if (m := SIZE_LINE.search(line))]
+    return run
+
+
+def fixed_rate(model: Model, args: argparse.Namespace, size: int) -> tuple[float, float]:
+    run = run_locust(model, args, ["--batch-size", str(size)], args.warmup + args.measure + 2, f"fixed {size}")
+    t0 = run.first_answer() + args.warmup
+    seconds, rows, _, overloads, _ = run.span(t0, t0 + args.measure)
+    rate = rows / seconds if seconds > 0 else 0.0
+    print(
+        f"  fixed {size:>7}: {rate:>9,.0f} rows/s   (model {model.rows_per_s(size):>9,.0f}; "
+        f"{overloads} overloads in {seconds:.1f} s)",
+        flush=True,
+    )
+    return rate, seconds
+
+
+def sweep(model: Model, args: argparse.Namespace) -> dict[int, float]:
+    rates: dict[int, float] = {}
+    print(f"fixed sizes, x1.41 sweep ({args.warmup:g} s warm-up + {args.measure:g} s measured each):", flush=True)
+    zeros = 0
+    k = 0
+    while True:
+        size = min(_round2(args.sweep_from * 2 ** (k / 2)), args.sweep_to)
+        rates[size], _ = fixed_rate(model, args, size)
+        zeros = zeros + 1 if rates[size] == 0 else 0
+        if size >= args.sweep_to or (zeros >= 2 and not args.full_sweep):
+            break
+        k += 1
+    best = max(rates, key=rates.get)
+    print(f"refining around {best} (x1.09 steps):", flush=True)
+    for j in (-3, -2, -1, 1, 2, 3):
+        size = _round2(best * 2 ** (j / 8))
+        if size not in rates and args.sweep_from <= size <= args.sweep_to:
+            rates[size], _ = fixed_rate(model, args, size)
+    oracle = model.optimum()
+    if oracle not in rates:
+        print("the model's optimum (oracle):", flush=True)
+        rates[oracle], _ = fixed_rate(model, args, oracle)
+    return rates
+
+
+def auto_rate(model: Model, args: argparse.Namespace) -> tuple[float, Run]:
+    print(
+        f"auto: one {args.auto_seconds:g} s run, measured from {args.settle:g} s after its first answered batch:",
+        flush=True,
+    )
+    run = run_locust(model, args, ["--batch-size", "auto"], args.auto_seconds, "auto")
+    t0 = run.first_answer()
+    end = run.samples[-1][0]
+    seconds, rows, batches, overloads, sizes = run.span(t0 + args.settle, end)
+    whole_s, whole_rows, *_ = run.span(t0, end)
+    rate = rows / seconds if seconds > 0 else 0.0
+    print("  sizer log (rate-limited to one line per 5 s, changes in between folded in):")
+    for line in run.size_lines:
+        print(f"    {line}")
+    print(f"  {run.summary}")
+    if sizes:
+        common = statistics.median(sizes)
+        print(
+            f"  settled part ({seconds:.0f} s): {rate:,.0f} rows/s; batch size median {common:.0f} "
+            f"(per-second means {min(sizes):.0f}..{max(sizes):.0f}), {batches} batches, {overloads} overloads"
+        )
+    print(f"  whole run including the search ({whole_s:.0f} s): {whole_rows / max(whole_s, 1e-9):,.0f} rows/s")
+    return rate, run
+
+
+def _round2(x: float) -> int:
+    unit = 10 ** max(0, int(math.log10(x)) - 1)
+    return int(round(x / unit) * unit)
+
+
+# --- simulation -------------------------------------------------------------------------------------------------------
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(model: Model, users: int, seconds: float, seed: int, noise: float = 0.1) -> list[tuple[float, int]]:
+    """(completion time, current size) after every batch: the double's FIFO slots, the real sizer on a fake clock."""
+    rng = random.Random(seed)
+    clock = _Clock()
+    sizer = BatchSizer(SizerSettings(), clock=clock)
+    free_at = [0.0] * model.max_concurrency
+    events: list = []
+    seq = 0
+
+    def send(user: int, now: float) -> None:
+        nonlocal seq
+        size = sizer.current
+        slot = min(range(len(free_at)), key=free_at.__getitem__)
+        start = max(now + 1e-6 * size, free_at[slot])  # ~1 us per row to build and encode a batch
+        overload = size > model.overload_rows
+        service = model.overhead_ms / 1e3
+        if not overload:
+            service = (service + size * model.per_row_us / 1e6) * (1 + rng.uniform(-noise, noise))
+        free_at[slot] = start + service
+        outcome = {"inserted": 0 if overload else size, "failed": 0, "in_doubt": size if overload else 0}
+        heapq.heappush(events, (start + service, seq, user, size, start + service - now, overload, outcome))
+        seq += 1
+
+    for user in range(users):
+        send(user, 0.0)
+    trace = []
+    while events and events[0][0] <= seconds:
+        now, _, user, size, duration, overload, outcome = heapq.heappop(events)
+        clock.now = now
+        sizer.record(size=size, duration_s=duration, overload=overload, **outcome)
+        trace.append((now, sizer.current))
+        send(user, now)
+    return trace
+
+
+def simulate_cliffs(args: argparse.Namespace) -> None:
+    horizon, hold = 120.0, 20.0
+    print(f"simulated: {args.users} users, overhead {args.overhead_ms:g} ms + {args.per_row_us:g} us/row, ", end="")
+    print(f"{args.max_concurrency} slots, +-10 % latency noise, {horizon:g} s per cliff, 3 seeds")
+    print(f"settled: the size in use stays within +-30 % of the cliff for {hold:g} s from then on;")
+    print("dips: times it left that band again later (a back-off after probing a decayed overload ceiling)")
+    print(f"{'cliff':>7} {'settled after (s)':>20} {'dips until ' + str(int(horizon)) + ' s':>16}")
+    for k in range(33):
+        cliff = int(2000 * 2 ** (k / 8) * 1.03)  # 3 % above a grid size (the grid starts at 1000 = 2000 / 2)
+        model = Model(args.overhead_ms, args.per_row_us, args.max_concurrency, cliff)
+        settled, dips = [], []
+        for seed in range(3):
+            trace = simulate(model, args.users, horizon, seed)
+            inside = [(t, abs(size / cliff - 1) <= 0.3) for t, size in trace]
+            t_in, next_out = math.inf, math.inf
+            for t, ok in reversed(inside):  # the earliest t in the band with no exit within `hold` seconds
+                if not ok:
+                    next_out = t
+                elif next_out - t >= hold and t <= horizon - hold:
+                    t_in = t
+            after = [ok for t, ok in inside if t >= t_in]
+            settled.append(t_in)
+            dips.append(sum(1 for a, b in zip(after, after[1:], strict=False) if a and not b))
+        print(f"{cliff:>7} {' '.join(f'{t:5.0f}' for t in settled):>20} {' '.join(map(str, dips)):>16}")
+
+
+# --- main -------------------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def code_version() -> str:
+    """The commit, and whether the sizer differs from it in the working tree (others may be changing it)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dg_locust/sizer.py"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"{commit}" + (", dg_locust/sizer.py modified in the working tree" if dirty else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--overhead-ms", type=float, default=60.0)
+    parser.add_argument("--per-row-us", type=float, default=10.0)
+    parser.add_argument("--max-concurrency", type=int, default=2)
+    parser.add_argument("--overload-rows", type=int, default=7_000)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds skipped in each fixed-size run")
+    parser.add_argument("--measure", type=float, default=15.0, help="seconds measured in each fixed-size run")
+    parser.add_argument("--sweep-from", type=int, default=500)
+    parser.add_argument("--sweep-to", type=int, default=100_000)
+    parser.add_argument("--full-sweep", action="store_true", help="do not stop after two sizes with no rows")
+    parser.add_argument("--auto-seconds", type=float, default=180.0, help="length of the auto run")
+    parser.add_argument("--settle", type=float, default=60.0, help="seconds of the auto run not measured")
+    parser.add_argument("--poll", type=float, default=0.25, help="seconds between two reads of the double's stats")
+    parser.add_argument("--simulate", action="store_true", help="only the simulation of settling times per cliff")
+    args = parser.parse_args()
+
+    print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"cpu:     {cpu_model()} ({os.cpu_count()} logical CPUs, load average {load()})")
+    print(f"python:  {platform.python_version()}, {platform.platform()}")
+    print(f"code:    {code_version()}")
+    print(f"command: python bench/sizer.py {shlex.join(sys.argv[1:])}".rstrip())
+    if args.simulate:
+        simulate_cliffs(args)
+        return
+    model = Model(args.overhead_ms, args.per_row_us, args.max_concurrency, args.overload_rows)
+    print(
+        f"double:  count-only, overhead {model.overhead_ms:g} ms + {model.per_row_us:g} us/row, "
+        f"{model.max_concurrency} inserts at once (the rest queue), overload above {model.overload_rows} rows; "
+        f"{args.users} Locust users"
+    )
+    print(f"model:   optimum {model.optimum()} rows/batch, {model.rows_per_s(model.optimum()):,.0f} rows/s\n")
+    started = time.monotonic()
+    rates = sweep(model, args)
+    swept = {size: rate for size, rate in rates.items() if size != model.optimum()}
+    best_swept = max(swept, key=swept.get)
+    best = max(rates, key=rates.get)
+    print()
+    auto, _ = auto_rate(model, args)
+    print(f"\nload average at the end {load()}, {time.monotonic() - started:.0f} s in all")
+    print(f"best fixed size found by the sweep: {best_swept} at {swept[best_swept]:,.0f} rows/s")
+    if best != best_swept:
+        print(f"best fixed size including the oracle: {best} at {rates[best]:,.0f} rows/s")
+    print(f"auto, settled: {auto:,.0f} rows/s")
+    for name, size in (("sweep's best", best_swept), ("oracle", best))[: 1 if best == best_swept else 2]:
+        ratio = auto / rates[size] if rates[size] else 0.0
+        verdict = "meets" if ratio >= 0.9 else "BELOW"
+        print(f"auto / {name} fixed: {ratio:.1%} ({verdict} the 90 % target)")
+
+
+if __name__ == "__main__":
+    main()
