@@ -407,7 +407,8 @@ class BatchSizer:
         cut = fail <= self._idx
         if cut:
             # Hitting the top allowed size again right after the ceiling decayed: the limit is real, decay slower.
-            at_edge = ceiling is not None and fail == ceiling - 1
+            # Only after it rose: failures while first narrowing down onto a fresh ceiling are not a repeat.
+            at_edge = ceiling is not None and ceiling > self._ceiling and fail == ceiling - 1
             self._ceiling_repeats = min(self._ceiling_repeats + 1, _MAX_CEILING_REPEATS) if at_edge else 0
         if ceiling is None or fail < ceiling:
             # Index 0 (the minimum) always stays allowed.
