@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 from dg_locust.client import CrateError, CrateHttpClient
 from dg_locust.ledger import RunLedger
-from dg_locust.options import OptionError, Settings, parse_hosts
+from dg_locust.options import OptionError, Settings
 from dg_locust.runtime import EXIT_BAD_INPUT
 from dg_locust.schema import TableSchema, check_table_name
 
@@ -183,15 +183,7 @@ class RunChecks:
         if not targets:
             return [Verdict(True, "dg verify: passed: no rows were sent, so there is nothing to count")]
         try:
-            client = CrateHttpClient(
-                parse_hosts(self.environment.host),
-                username=settings.username,
-                password=settings.password,
-                timeout=settings.timeout,
-                max_retries=settings.max_retries,
-                ca_cert=settings.ca_cert,
-                verify_ssl=settings.verify_ssl,
-            )
+            client = CrateHttpClient.for_settings(settings, self.environment.host)
         except OptionError as error:
             return [Verdict(False, f"dg verify: FAILED: cannot connect to count the rows: {error}")]
         verdicts = []

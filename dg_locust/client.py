@@ -157,6 +157,22 @@ class CrateHttpClient:
             urllib3.disable_warnings(InsecureRequestWarning)
             logger.warning("dg-locust: --no-verify-ssl: the CrateDB server certificate is not verified")
 
+    @classmethod
+    def for_settings(cls, settings, host: str | None, *, pool_size: int = 32) -> CrateHttpClient:
+        """A client for the run's options: Locust's host value (one or more servers), credentials, timeout, TLS."""
+        from dg_locust.options import parse_hosts  # options imports nothing from here; keep it that way
+
+        return cls(
+            parse_hosts(host),
+            username=settings.username,
+            password=settings.password,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+            ca_cert=settings.ca_cert,
+            verify_ssl=settings.verify_ssl,
+            pool_size=pool_size,
+        )
+
     def __repr__(self) -> str:
         # Never show the headers: they hold the Basic token.
         return f"CrateHttpClient(servers={self.servers!r}, username={self.username!r})"

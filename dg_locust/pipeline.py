@@ -20,7 +20,7 @@ from dg_locust.feed import FeedPlan, RowFeed
 from dg_locust.ids import NO_SLICE_WAIT_S
 from dg_locust.ledger import ClassLedger
 from dg_locust.model import Model, load_model
-from dg_locust.options import Settings, parse_hosts
+from dg_locust.options import Settings
 from dg_locust.schema import TableSchema, table_for_model
 from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings
 
@@ -62,16 +62,7 @@ class IngestPipeline:
         self.feed: RowFeed | None = None
         self._build_feed()
         self.sizer = make_sizer(settings, log=logger.info)
-        self.client = CrateHttpClient(
-            parse_hosts(environment.host),
-            username=settings.username,
-            password=settings.password,
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            ca_cert=settings.ca_cert,
-            verify_ssl=settings.verify_ssl,
-            pool_size=64,
-        )
+        self.client = CrateHttpClient.for_settings(settings, environment.host, pool_size=64)
         self.ledger: ClassLedger = environment.dg.ledger.for_class(class_name)
         self.in_flight = 0  # batches sent and not answered yet; the run ends only when this is 0
 
