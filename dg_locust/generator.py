@@ -247,6 +247,10 @@ def _solve_folded_normal(mean: float, stdev: float, lo: float, hi: float) -> tup
     width = hi - lo
     if stdev == 0 or width == 0:
         return mean, 0.0
+    if min(mean - lo, hi - mean) > 40 * stdev:
+        # The bounds are so far away that mirroring never happens (and moments of such a wide interval lose all
+        # precision in floating point): the walk is the plain normal.
+        return mean, stdev
     center, spread = mean, stdev
     for _ in range(300):
         got_mean, got_stdev = _folded_moments(center, spread, lo, hi)

@@ -245,3 +245,31 @@ def test_bad_arguments_are_rejected():
         Fleet(model, np.arange(1, 3), seed=-1)
     with pytest.raises(ValueError, match="1-d array"):
         Fleet(model, np.ones((2, 2), dtype=int), seed=1)
+
+
+def test_bounds_far_beyond_the_spread_give_the_plain_walk():
+    """Regression: min/max of +-1e300 around a stdev of 1e5 once divided by zero while solving the mirrored walk."""
+    model = parse_model(
+        {
+            "t": {
+                "tags": {"sensor_id": "id"},
+                "fields": {
+                    "v": {
+                        "key": {"value": "v"},
+                        "type": {"value": "FLOAT"},
+                        "min": {"value": -1e300},
+                        "max": {"value": 1e300},
+                        "mean": {"value": 0.0},
+                        "stdev": {"value": 1e5},
+                        "variance": {"value": 1e4},
+                        "error_rate": {"value": 0.0},
+                        "error_length": {"value": 1.0},
+                    }
+                },
+            }
+        },
+        "extreme",
+    )
+    values = Fleet(model, np.arange(1, 9), seed=3).next_steps(20_000)["v"]
+    assert np.isfinite(values).all()
+    assert abs(values.std() / 1e5 - 1) < 0.15
