@@ -6,6 +6,7 @@ stops it with SIGTERM (Locust's own shutdown). ``scrape`` parses a Prometheus ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -74,8 +75,15 @@ class LiveLocust:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
         environment.update(self.env)
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            # A session of its own, so stop() can end the --processes children too, not only their parent.
             self.proc = subprocess.Popen(
-                command, cwd=self.workdir, env=environment, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+                command,
+                cwd=self.workdir,
+                env=environment,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         return self
 
@@ -101,12 +109,18 @@ class LiveLocust:
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self.proc.wait()
+        code = self.proc.wait()
+        self._signal_group(signal.SIGKILL)  # forked workers outlive a parent that was told to stop
+        return code
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
+            os.killpg(self.proc.pid, signum)
 
     def __enter__(self) -> LiveLocust:
         return self.start()
