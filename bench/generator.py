@@ -22,18 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import cpu_model  # noqa: E402
+
 from dg_locust.generator import Fleet  # noqa: E402
 from dg_locust.model import MODELS_DIR, load_model  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rows_per_second(fleet: Fleet, steps: int, seconds: float) -> float:

@@ -48,6 +48,8 @@ sys.path.insert(0, str(PROJECT_DIR))
 sys.path.insert(0, str(PROJECT_DIR / "tests"))
 
 from cratedb_double import DoubleProcess  # noqa: E402
+from harness import cpu_model, load  # noqa: E402
+from test_sizer_end_to_end import per_second_sizes  # noqa: E402
 
 from dg_locust.sizer import BatchSizer, SizerSettings  # noqa: E402
 
@@ -95,18 +97,6 @@ class Run:
         # The 200 responses include the poller's own stats requests, one per sample.
         batches = b[1] - a[1] - (len(inside) - 1)
         return b[0] - a[0], b[2] - a[2], batches, b[3] - a[3], per_second_sizes(inside)
-
-
-def per_second_sizes(samples: list[tuple[float, int, int, int]]) -> list[float]:
-    sizes, i = [], 0
-    for j in range(1, len(samples)):
-        if samples[j][0] - samples[i][0] < 0.99:
-            continue
-        batches, rows = samples[j][1] - samples[i][1] - (j - i), samples[j][2] - samples[i][2]
-        if batches > 0:
-            sizes.append(rows / batches)
-        i = j
-    return sizes
 
 
 def run_locust(model: Model, args: argparse.Namespace, batch_args: list[str], seconds: float, label: str) -> Run:
@@ -282,23 +272,6 @@ def simulate_cliffs(args: argparse.Namespace) -> None:
 
 
 # --- main -------------------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def code_version() -> str:
