@@ -23,11 +23,15 @@ COPY requirements.txt /tmp/dg-locust-requirements.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore -r /tmp/dg-locust-requirements.txt \
     && rm /tmp/dg-locust-requirements.txt
 
-# Root-owned and read-only for the locust user. Relative model paths (the default models/temperature.json)
-# resolve against this folder; an absolute MODEL_PATH (the seed mounts /temperature.json) is used as given.
+# The package itself (with its models as package data), root-owned and read-only for the locust user. A relative
+# MODEL_PATH is tried from the working directory, then among the shipped models (the default
+# models/temperature.json is one); an absolute MODEL_PATH (the seed mounts /temperature.json) is used as given.
+COPY pyproject.toml README.md /tmp/dg-locust-src/
+COPY dg_locust/ /tmp/dg-locust-src/dg_locust/
+RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore --no-deps /tmp/dg-locust-src \
+    && rm -rf /tmp/dg-locust-src
+# Locust's own entry point (the manifests call `locust`) loads the package through this thin locustfile.
 COPY locustfile.py /home/locust/dg-locust/locustfile.py
-COPY dg_locust/ /home/locust/dg-locust/dg_locust/
-COPY models/ /home/locust/dg-locust/models/
 
 USER locust
 WORKDIR /home/locust

@@ -32,7 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
-    PROJECT_DIR,
     Window,
     count_checks,
     load,
@@ -42,6 +41,8 @@ from harness import (
     table_row,
     timed_run,
 )  # noqa: E402
+
+from dg_locust.model import MODELS_DIR
 
 TSPERF = "tsperf==1.2.1"
 WRAPPER = '''"""tsperf's CLI, with its CrateDB DDL and INSERT text changed to what the test double understands."""
@@ -82,7 +83,7 @@ def ensure_tsperf(venv: Path) -> Path:
 
 def run_tsperf(double, wrapper: Path, batch_size: int | None, *, warm_up: float, seconds: float) -> Window:
     command = [str(wrapper.parent / "bin" / "python"), str(wrapper), "write", "--adapter", "cratedb"]
-    command += ["--address", f"127.0.0.1:{double.port}", "--schema", str(PROJECT_DIR / "models" / "temperature.json")]
+    command += ["--address", f"127.0.0.1:{double.port}", "--schema", str(MODELS_DIR / "temperature.json")]
     command += ["--id-start", "1", "--id-end", "500", "--ingest-mode", "fast", "--ingest-size", "0"]
     command += ["--table", "tsperf_temperature"]  # its own table: dg-locust's has typed columns, no payload
     if batch_size:

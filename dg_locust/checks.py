@@ -11,7 +11,7 @@ line for each, and sets ``environment.process_exit_code`` (which Locust's exit c
   Rows an earlier run left in the same sensor range and time window are counted too: give each run its own table,
   ``--drop-table`` or its own ``INGEST_TS`` when the count must be exact.
 
-Both run at ``test_stop``, where the counters are final (on a master, the runtime has collected every worker's
+Both run at ``test_stop``, where the counters are final (on a master, the run context has collected every worker's
 final counters at ``test_stopping``). An exit code set earlier (bad input or an aborted run, 2) is left as it is.
 """
 
@@ -24,13 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dg_locust.client import CrateError, CrateHttpClient
+from dg_locust.errors import EXIT_BAD_INPUT, EXIT_THRESHOLD, EXIT_VERIFY, OptionError
 from dg_locust.ledger import RunLedger
-from dg_locust.options import OptionError, Settings
-from dg_locust.runtime import EXIT_BAD_INPUT
+from dg_locust.options import Settings
+from dg_locust.run import RunContext
 from dg_locust.schema import TableSchema, check_table_name
-
-EXIT_THRESHOLD = 3
-EXIT_VERIFY = 4
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +130,16 @@ def verify_verdict(target: CountTarget, stored: int) -> Verdict:
 class RunChecks:
     """Runs the threshold and verify checks at the end of each test, on the master or local runner."""
 
-    def __init__(self, environment):
+    def __init__(self, environment, context: RunContext):
         self.environment = environment
+        self.context = context
 
     @classmethod
-    def register(cls, environment) -> RunChecks | None:
+    def register(cls, environment, context: RunContext) -> RunChecks | None:
         if isinstance(environment.runner, WorkerRunner):
             return None
-        checks = cls(environment)
-        # After the runtime's test_stop listener (registered first): the summary line comes before the checks'.
+        checks = cls(environment, context)
+        # After the context's test_stop listener (registered first): the summary line comes before the checks'.
         environment.events.test_stop.add_listener(checks.on_test_stop)
         return checks
 
@@ -149,13 +148,10 @@ class RunChecks:
 
     def run_checks(self) -> int | None:
         """Run the checks of the run that just ended; print their lines; return the exit code they call for."""
-        ledger: RunLedger = self.environment.dg.ledger
-        if ledger.started_at is None:
-            return None  # no test ran
-        try:
-            settings = Settings.from_options(self.environment.parsed_options)
-        except OptionError:
-            return None  # the runtime has reported it already
+        ledger: RunLedger = self.context.ledger
+        settings = self.context.settings
+        if ledger.started_at is None or settings is None:
+            return None  # no test ran, or its options were bad (the context has said so)
         wanted = settings.verify or settings.min_rows_per_sec > 0 or settings.max_fail_ratio < 1
         if wanted and self.environment.process_exit_code == EXIT_BAD_INPUT:
             # The run was stopped by an error (credentials, unreachable database): its numbers prove nothing, and

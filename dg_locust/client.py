@@ -2,7 +2,7 @@
 
 It uses the ``crate`` client's HTTP layer (``crate.client.http.Server``: one urllib3 pool per server, with the
 client's TLS and path handling) but sends each request itself, because the client's high-level ``sql()`` has
-traps a load tool must not fall into (see ``shared/notes/crate-client.md``): it gzips every body (CPU-bound and
+traps a load tool must not fall into: it gzips every body (CPU-bound and
 slow), re-sends a request without end when a connection is reset, re-sends it to the next server after a timeout
 (so rows can be inserted twice), and drops the HTTP status and CrateDB error code. Here:
 
@@ -48,6 +48,8 @@ from urllib3.exceptions import (
 from dg_locust.batch import all_rows_inserted
 
 SQL_PATH = "/_sql"
+# The request_type of every insert in Locust's statistics and request events (a request is one batch)
+REQUEST_TYPE = "CrateDB"
 OVERLOAD_STATUSES = (429, 503)
 AUTH_STATUSES = (401, 403)
 # Cool-down of a server after a refused connection, a 429/503 or no answer: it doubles with every strike in a row,

@@ -218,11 +218,9 @@ class SensorAssignments:
         if isinstance(runner, MasterRunner):
             runner.register_message(CLAIM_MESSAGE, self._on_claim)
             runner.register_message(EXTEND_MESSAGE, self._on_extend)
-            environment.events.test_start.add_listener(self._start_book)
         if isinstance(runner, WorkerRunner):
             runner.register_message(GRANT_MESSAGE, self._on_grant)
             runner.register_message(REVOKE_MESSAGE, self._on_revoke)
-            environment.events.test_start.add_listener(self._reset_worker)
             environment.events.test_stop.add_listener(self._stop_ticker)
             environment.events.quitting.add_listener(self._stop_ticker)
 
@@ -251,10 +249,14 @@ class SensorAssignments:
 
     # --- master ---
 
-    def _start_book(self, environment, **_kwargs) -> None:
-        from dg_locust.options import Settings  # at test start the options are final
+    def start_test(self, settings) -> None:
+        """A test starts with these settings (the run context calls this at ``test_start``, on every node)."""
+        if isinstance(self.runner, MasterRunner):
+            self._start_book(settings)
+        elif isinstance(self.runner, WorkerRunner):
+            self._reset_worker()
 
-        settings = Settings.from_options(environment.parsed_options)
+    def _start_book(self, settings) -> None:
         sensors = settings.id_end - settings.id_start + 1
         parts = max(1, min(self.runner.worker_count, self.runner.target_user_count or 1, sensors))
         lease = initial_lease_steps(settings, math.ceil(sensors / parts))
@@ -330,7 +332,7 @@ class SensorAssignments:
 
     # --- worker ---
 
-    def _reset_worker(self, environment, **_kwargs) -> None:
+    def _reset_worker(self) -> None:
         self._stop_ticker()
         self.grant, self.revoked, self._keeper, self._feeds = None, False, None, []
         self._last_claim = -math.inf

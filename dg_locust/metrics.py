@@ -28,7 +28,8 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from dg_locust.pipeline import REQUEST_TYPE
+from dg_locust.client import REQUEST_TYPE
+from dg_locust.run import RunContext
 
 LATENCY_REPORT_KEY = "dg_latency"
 KUBERNETES_ENV_VAR = "KUBERNETES_SERVICE_HOST"
@@ -118,8 +119,9 @@ class LatencyHistogram:
 class DgMetrics:
     """This process's metrics: its registry, its latency histograms and its /metrics server."""
 
-    def __init__(self, environment):
+    def __init__(self, environment, context: RunContext):
         self.environment = environment
+        self.context = context
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_LedgerCollector(self))
         self.latency: dict[tuple[str, str], LatencyHistogram] = {}  # (user class, table) -> this process's batches
@@ -128,9 +130,9 @@ class DgMetrics:
         self.port = 0
 
     @classmethod
-    def register(cls, environment) -> DgMetrics:
+    def register(cls, environment, context: RunContext) -> DgMetrics:
         """Hook the metrics onto the environment's events and start serving /metrics (call it from ``init``)."""
-        metrics = cls(environment)
+        metrics = cls(environment, context)
         events = environment.events
         events.request.add_listener(metrics.on_request)
         events.test_start.add_listener(metrics.on_test_start)
@@ -156,7 +158,7 @@ class DgMetrics:
         try:
             base = int(getattr(options, "prometheus_port", 0) or 0)
         except (TypeError, ValueError):
-            base = 0  # the runtime reports bad option values; metrics just stay off
+            base = 0  # the run context reports bad option values; metrics just stay off
         runner = self.environment.runner
         is_worker = isinstance(runner, WorkerRunner)
         if not is_worker:
@@ -233,8 +235,7 @@ class DgMetrics:
         """(user class, table) of a request: from its context when given, else from the pipeline of that name."""
         if context.get("user_class"):
             return context["user_class"], context.get("table", "")
-        runtime = getattr(self.environment, "dg", None)
-        matches = [p for p in (runtime.pipelines.values() if runtime else ()) if p.request_name == request_name]
+        matches = [p for p in self.context.pipelines.values() if p.request_name == request_name]
         if not matches:
             return "", request_name.split(" ", 1)[-1]
         # Two classes inserting into one table with one method share a request name; their latencies are one series.
@@ -249,12 +250,9 @@ class _LedgerCollector:
 
     def collect(self):
         metrics = self.metrics
-        runtime = getattr(metrics.environment, "dg", None)
+        ledger = metrics.context.ledger
         role = metrics.role
-        per_class: dict[str, dict] = {}
-        if runtime is not None:
-            runtime.sync_ledger()
-            per_class = runtime.ledger.per_class()
+        per_class = ledger.per_class()
         for counter, name, documentation in COUNTER_METRICS:
             family = CounterMetricFamily(name, documentation, labels=LABELS)
             for user_class, counters in sorted(per_class.items()):
@@ -278,7 +276,7 @@ class _LedgerCollector:
         for (user_class, table), histogram in sorted(metrics.latency_by_class().items()):
             family.add_metric([user_class, table, role], histogram.cumulative_buckets(), histogram.sum)
         yield family
-        if role == "master" and runtime is not None:
+        if role == "master":
             workers = GaugeMetricFamily("dg_workers_reporting", "Workers whose row counters the master totals hold")
-            workers.add_metric([], len(runtime.ledger.worker_reports))
+            workers.add_metric([], len(ledger.worker_reports))
             yield workers

@@ -23,16 +23,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-# The models shipped with the project, so that a bare name such as "temperature" finds models/temperature.json
-# whatever the working directory is.
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+from dg_locust.errors import ModelError
+
+# The models shipped inside the package (package data), so that a bare name such as "temperature" finds
+# dg_locust/models/temperature.json whatever the working directory is, also after `pip install`.
+MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 _INT32_MAX = 2**31 - 1
 _FLOAT_PARAMS = ("min", "max", "mean", "stdev", "variance", "error_rate", "error_length")
-
-
-class ModelError(ValueError):
-    """A model file that cannot be used; the message is one line naming the file, the key and the fix."""
 
 
 @dataclass(frozen=True)

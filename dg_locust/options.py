@@ -19,8 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = "models/temperature.json"
+from dg_locust.errors import OptionError
+from dg_locust.schema import check_table_name
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL = "models/temperature.json"  # inside the package: see resolve_model_path
 
 INGEST_MODES = {"fast": "fast", "1": "fast", "consecutive": "consecutive", "0": "consecutive"}
 PARTITIONS = ("day", "week", "month", "none")
@@ -30,10 +33,6 @@ INSERT_METHODS = ("bulk", "unnest")
 # model is a few hundred bytes of JSON, so 200k rows keeps every body well below that limit.
 HARD_BATCH_MIN = 1
 HARD_BATCH_MAX = 200_000
-
-
-class OptionError(ValueError):
-    """A bad option value; the message is one line meant for the person who ran the test."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "--model",
         "MODEL_PATH",
         DEFAULT_MODEL,
-        "Model file (tsperf JSON format); relative paths are tried "
-        "from the working directory, then from the dg-locust folder",
+        "Model file (tsperf JSON format): a path, or the name of a shipped model (temperature, factory, power_plant)",
     ),
     OptionSpec(
         "--table",
@@ -311,8 +309,6 @@ class Settings:
         seed_text = str(value("seed")).strip().lower()
         seed = None if seed_text in ("", "random", "none") else _as_int(seed_text, "--seed / SEED")
 
-        from dg_locust.schema import check_table_name  # local import: schema imports nothing from here
-
         table = str(value("table") or "").strip()
         if table:
             check_table_name(table)
@@ -358,10 +354,14 @@ class Settings:
 
 
 def resolve_model_path(text: str) -> Path:
-    """A model path as given, else relative to the dg-locust folder (so the default works from anywhere)."""
+    """A model path as given (from the working directory), else one of the models shipped in the package:
+    ``models/factory.json`` (the package's folder) and a bare ``factory`` both find it from anywhere."""
     path = Path(os.path.expanduser(text))
-    if not path.is_absolute() and not path.exists() and (PROJECT_DIR / path).exists():
-        return PROJECT_DIR / path
+    if path.is_absolute() or path.exists():
+        return path
+    for shipped in (PACKAGE_DIR / path, PACKAGE_DIR / "models" / path.name, PACKAGE_DIR / "models" / f"{text}.json"):
+        if shipped.is_file():
+            return shipped
     return path
 
 

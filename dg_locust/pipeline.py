@@ -15,16 +15,15 @@ from dataclasses import dataclass, replace
 from gevent import GreenletExit
 
 from dg_locust.batch import Batch
-from dg_locust.client import CrateError, CrateHttpClient, InsertOutcome
+from dg_locust.client import REQUEST_TYPE, CrateError, CrateHttpClient, InsertOutcome
 from dg_locust.feed import FeedPlan, RowFeed
-from dg_locust.ids import NO_SLICE_WAIT_S
+from dg_locust.ids import NO_SLICE_WAIT_S, SensorAssignments
 from dg_locust.ledger import ClassLedger
 from dg_locust.model import Model, load_model
 from dg_locust.options import Settings
 from dg_locust.schema import TableSchema, table_for_model
 from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings
 
-REQUEST_TYPE = "CrateDB"
 logger = logging.getLogger(__name__)
 
 
@@ -39,13 +38,26 @@ class SentBatch:
     rows: int = 0
     wait_s: float = 0.0
     done: bool = False
+    fatal: str | None = None  # the run cannot go on (wrong credentials, ...): the user stops it with this line
 
 
 class IngestPipeline:
-    """Everything one user class needs in one process, created once at the first user's start."""
+    """Everything one user class needs in one process, created once at the first user's start.
 
-    def __init__(self, *, environment, class_name: str, settings: Settings, model: Model):
-        self.environment = environment
+    Its dependencies are handed to it (settings, model, ledger, sensor assignments, Locust's request event), so it
+    never reaches back into the run that owns it."""
+
+    def __init__(
+        self,
+        *,
+        class_name: str,
+        settings: Settings,
+        model: Model,
+        client: CrateHttpClient,
+        ledger: ClassLedger,
+        assignments: SensorAssignments,
+        request_event,
+    ):
         self.class_name = class_name
         self.settings = settings
         self.model = model
@@ -58,22 +70,44 @@ class IngestPipeline:
         )
         self.statement = self.table.insert_sql(settings.insert_method)
         self.request_name = f"{settings.insert_method} {self.table.display_name}"
+        self.client = client
+        self.ledger = ledger
+        # What the rows go to, for metric labels and --verify, known before the first batch
+        ledger.table = self.table.display_name
+        ledger.id_column = model.id_tag.name
+        self.assignments = assignments
+        self.request_event = request_event
         # None until this process owns sensors: at once in a local run, once the master grants a slice on a worker
         self.feed: RowFeed | None = None
         self._build_feed()
         self.sizer = make_sizer(settings, log=logger.info)
-        self.client = CrateHttpClient.for_settings(settings, environment.host, pool_size=64)
-        self.ledger: ClassLedger = environment.dg.ledger.for_class(class_name)
         self.in_flight = 0  # batches sent and not answered yet; the run ends only when this is 0
 
     @classmethod
-    def for_environment(cls, environment, class_name: str, model_path=None) -> IngestPipeline:
-        settings = Settings.from_options(environment.parsed_options)
-        model = load_model(model_path or settings.model_path)
-        return cls(environment=environment, class_name=class_name, settings=settings, model=model)
+    def create(
+        cls,
+        *,
+        settings: Settings,
+        class_name: str,
+        host: str | None,
+        ledger: ClassLedger,
+        assignments: SensorAssignments,
+        request_event,
+        model_path=None,
+    ) -> IngestPipeline:
+        """A pipeline with its model (the class's own ``model`` path, else --model) and its HTTP client."""
+        return cls(
+            class_name=class_name,
+            settings=settings,
+            model=load_model(model_path or settings.model_path),
+            client=CrateHttpClient.for_settings(settings, host, pool_size=64),
+            ledger=ledger,
+            assignments=assignments,
+            request_event=request_event,
+        )
 
     def _build_feed(self) -> bool:
-        plan = self.environment.dg.sensor_plan(self.settings)
+        plan = self.assignments.plan_for_this_process(self.settings)
         if plan is None:
             return False
         # the master resolves INGEST_TS once for all workers; settings carry it so every reader sees the same value
@@ -91,7 +125,7 @@ class IngestPipeline:
                 first_step=plan.first_step,
             ),
         )
-        self.environment.dg.assignments.attach(self.feed)
+        self.assignments.attach(self.feed)
         return True
 
     def prepare_table(self) -> None:
@@ -119,6 +153,7 @@ class IngestPipeline:
                 return SentBatch(done=True)
             return SentBatch(wait_s=min(max(self.feed.seconds_until_due(), 0.01), 1.0))
         self.ledger.generated += batch.row_count
+        self._cover_sent_steps()
         body = batch.encode(self.settings.insert_method, self.statement)
         started = time.perf_counter()
         self.in_flight += 1
@@ -132,9 +167,16 @@ class IngestPipeline:
         finally:
             self.in_flight -= 1
         self._account(batch, size, started, outcome)
-        if outcome.fatal:
-            self.environment.dg.abort(outcome.error or "fatal error")
-        return SentBatch(rows=batch.row_count)
+        return SentBatch(rows=batch.row_count, fatal=(outcome.error or "fatal error") if outcome.fatal else None)
+
+    def _cover_sent_steps(self) -> None:
+        """Widen the ledger's time window to every step handed out so far (--verify counts rows in it)."""
+        base_ms, delta = round(self.settings.ingest_ts * 1000), self.settings.ingest_delta
+        # next_step bounds every step handed out (it may be one past the last), so the window covers them all
+        self.ledger.cover(
+            base_ms + round(self.feed.plan.first_step * delta * 1000),
+            base_ms + round(self.feed.next_step * delta * 1000),
+        )
 
     def _account(self, batch: Batch, size: int, started: float, outcome: InsertOutcome) -> None:
         duration = time.perf_counter() - started
@@ -157,7 +199,7 @@ class IngestPipeline:
         exception = None
         if outcome.failed or outcome.in_doubt:
             exception = RowsNotInserted(outcome.error or f"{outcome.failed + outcome.in_doubt} rows not inserted")
-        self.environment.events.request.fire(
+        self.request_event.fire(
             request_type=REQUEST_TYPE,
             name=self.request_name,
             response_time=duration * 1000,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dg_locust.errors import OptionError
 from dg_locust.model import BoolField
-from dg_locust.options import OptionError
 
 # CrateDB refuses table names with whitespace or any of \ / * ? " < > | , # and names starting with an underscore;
 # we accept the plain identifier subset so a name never needs escaping inside the quotes.

@@ -1,8 +1,9 @@
 """The Locust user classes: each task inserts one batch through its class's shared pipeline.
 
 ``CrateIngestUser`` is abstract; a locustfile declares concrete classes. A subclass may pin its own model with a
-``model`` class attribute (a path); otherwise ``--model`` applies. Users hold no logic of their own: the pipeline
-(see ``pipeline``) owns the feed, the batch sizer, the client and the accounting.
+``model`` class attribute (a path or a shipped model's name); otherwise ``--model`` applies. Users hold no logic of
+their own: the pipeline (see ``pipeline``) owns the feed, the batch sizer, the client and the accounting, and the run
+context (see ``run``) owns the pipelines and the run's control.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from locust import User, constant, task
 from locust.exception import StopUser
 
 import gevent
+
+from dg_locust.pipeline import IngestPipeline
+from dg_locust.run import RunContext
 
 
 class CrateIngestUser(User):
@@ -21,9 +25,10 @@ class CrateIngestUser(User):
     model: str | None = None
 
     def on_start(self) -> None:
-        # None when the run cannot start: the runtime has said why and is stopping the run. Raising StopUser here
+        self.context = RunContext.of(self.environment)
+        # None when the run cannot start: the context has said why and is stopping the run. Raising StopUser here
         # would make Locust log a traceback for every user, so the task idles until the stop instead.
-        self.pipeline = self.environment.dg.start_user(type(self))
+        self.pipeline: IngestPipeline | None = self.context.start_user(type(self))
 
     @task
     def insert_batch(self) -> None:
@@ -31,8 +36,10 @@ class CrateIngestUser(User):
             gevent.sleep(1)
             return
         sent = self.pipeline.send_next_batch()
+        if sent.fatal:
+            self.context.abort(sent.fatal)
         if sent.done:
-            self.environment.dg.class_exhausted(self.pipeline)
+            self.context.class_exhausted(self.pipeline)
             raise StopUser()
         if sent.wait_s:
             gevent.sleep(sent.wait_s)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from flask import request
 
+from dg_locust.run import RunContext
+
 TAB_KEY = "dg_rows"
 TAB_TITLE = "Rows"
 COLUMNS = (
@@ -55,17 +57,18 @@ class RateMeter:
 class RowsTab:
     """The rows of the tab: one per user class, the total, and (on a master) one per worker."""
 
-    def __init__(self, environment, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, environment, context: RunContext, clock: Callable[[], float] = time.monotonic):
         self.environment = environment
+        self.context = context
         self.clock = clock
         self._rates: dict[str, RateMeter] = {}
 
     @classmethod
-    def register(cls, environment) -> RowsTab | None:
+    def register(cls, environment, context: RunContext) -> RowsTab | None:
         web_ui = environment.web_ui
         if web_ui is None:
             return None
-        tab = cls(environment)
+        tab = cls(environment, context)
         web_ui.template_args["extended_tabs"] = [{"title": TAB_TITLE, "key": TAB_KEY}]
         web_ui.template_args["extended_tables"] = [
             {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in COLUMNS]}
@@ -82,9 +85,7 @@ class RowsTab:
         return tab
 
     def rows(self) -> list[dict]:
-        runtime = self.environment.dg
-        runtime.sync_ledger()
-        ledger = runtime.ledger
+        ledger = self.context.ledger
         now = self.clock()
         rows = [self._row(name, counters, now) for name, counters in sorted(ledger.per_class().items())]
         total = {key: sum(row[key] for row in rows) for key in ("inserted", "failed", "in_doubt")}

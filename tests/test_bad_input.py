@@ -12,9 +12,11 @@ import json
 import time
 
 import pytest
-from locust_run import PROJECT_DIR, run_locust
+from locust_run import run_locust
 
-FRIDGE = json.loads((PROJECT_DIR / "models" / "temperature.json").read_text())
+from dg_locust.model import MODELS_DIR
+
+FRIDGE = json.loads((MODELS_DIR / "temperature.json").read_text())
 UNREACHABLE = "http://127.0.0.1:1"
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from dg_locust.batch import Batch, RowLayout, all_rows_inserted, encode_bulk, encode_unnest
 from dg_locust.feed import FeedPlan, RowFeed
-from dg_locust.model import load_model, parse_model
-from dg_locust.options import PROJECT_DIR
+from dg_locust.model import MODELS_DIR, load_model, parse_model
 from dg_locust.schema import table_for_model
 
 FLOAT_LAST = {
@@ -34,9 +33,7 @@ FLOAT_LAST = {
 
 
 def models():
-    shipped = [
-        load_model(PROJECT_DIR / "models" / f"{name}.json") for name in ("temperature", "factory", "power_plant")
-    ]
+    shipped = [load_model(MODELS_DIR / f"{name}.json") for name in ("temperature", "factory", "power_plant")]
     return shipped + [parse_model(FLOAT_LAST)]
 
 

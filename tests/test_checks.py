@@ -19,7 +19,7 @@ from dg_locust.checks import (
 )
 from dg_locust.client import InsertOutcome
 from dg_locust.ledger import RunLedger
-from dg_locust.options import OPTIONS
+from dg_locust.options import OPTIONS, Settings
 
 TABLE = "doc.temperature"
 
@@ -179,9 +179,8 @@ def test_checks_are_skipped_with_one_line_when_the_run_was_stopped_by_an_error(c
     options = SimpleNamespace(**{spec.dest: spec.default for spec in OPTIONS})
     options.verify, options.min_rows_per_sec = True, 1000.0
     ledger = _ten_second_run(inserted=10, failed=0)
-    environment = SimpleNamespace(
-        dg=SimpleNamespace(ledger=ledger), parsed_options=options, host="http://127.0.0.1:1", process_exit_code=2
-    )
-    assert RunChecks(environment).run_checks() is None
+    environment = SimpleNamespace(parsed_options=options, host="http://127.0.0.1:1", process_exit_code=2)
+    context = SimpleNamespace(ledger=ledger, settings=Settings.from_options(options))
+    assert RunChecks(environment, context).run_checks() is None
     assert environment.process_exit_code == 2
     assert capsys.readouterr().out == "dg checks: skipped: the run was stopped by an error (exit code 2)\n"

@@ -14,7 +14,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dg_locust.options import DEFAULT_MODEL, OPTION_ENV_VARS, SEED_HOST_ENV_VAR, Settings, add_options
+from dg_locust.options import (
+    DEFAULT_MODEL,
+    OPTION_ENV_VARS,
+    SEED_HOST_ENV_VAR,
+    Settings,
+    add_options,
+    resolve_model_path,
+)
 
 # Offline checks of how dg-locust is shipped: the Dockerfile, docker-compose.yml and the kustomizations under k8s/.
 # Every kustomization is rendered with `kubectl kustomize` and each object is validated against the Kubernetes
@@ -369,7 +376,7 @@ def test_seed_job_runs_our_image_with_only_the_seeds_environment():
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
 def test_model_path_points_at_the_mounted_model(directory):
-    model = (ROOT / DEFAULT_MODEL).read_text()
+    model = resolve_model_path(DEFAULT_MODEL).read_text()
     for obj, cont in dg_containers(directory):
         model_path = env_value(directory, cont, "MODEL_PATH")
         volumes = {volume["name"]: volume for volume in pod_spec(obj)["volumes"]}
@@ -387,8 +394,9 @@ def test_model_path_points_at_the_mounted_model(directory):
 
 
 def test_k8s_model_is_a_byte_identical_copy_of_the_default_model():
-    assert (K8S / "model" / "temperature.json").read_bytes() == (ROOT / DEFAULT_MODEL).read_bytes(), (
-        f"k8s/model/temperature.json differs from {DEFAULT_MODEL}: cp {DEFAULT_MODEL} k8s/model/temperature.json"
+    shipped = resolve_model_path(DEFAULT_MODEL)
+    assert (K8S / "model" / "temperature.json").read_bytes() == shipped.read_bytes(), (
+        f"k8s/model/temperature.json differs from {shipped}: cp dg_locust/models/temperature.json k8s/model/"
     )
 
 
@@ -423,7 +431,7 @@ def test_seed_job_environment_parses_into_a_headless_run_with_the_seeds_settings
     assert options.headless and not options.master and not options.worker
     assert options.locustfile == "/home/locust/dg-locust/locustfile.py"
     assert int(options.num_users) >= 1 and float(options.stop_timeout) == 10
-    options.model = str(ROOT / DEFAULT_MODEL)  # /temperature.json exists only inside the pod
+    options.model = str(resolve_model_path(DEFAULT_MODEL))  # /temperature.json exists only inside the pod
     settings = Settings.from_options(options)
     assert (settings.id_start, settings.id_end) == (1, 500)
     assert settings.ingest_mode == "fast" and settings.ingest_size == 2_400_000
@@ -455,7 +463,7 @@ def test_dockerfile_extends_the_pinned_locust_image_and_runs_as_locust():
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1] == "locust"
     copies = " ".join(rest for keyword, rest in instructions if keyword == "COPY")
-    for source in ("requirements.txt", "locustfile.py", "dg_locust/", "models/"):
+    for source in ("requirements.txt", "pyproject.toml", "locustfile.py", "dg_locust/"):
         assert re.search(rf"(^|\s){re.escape(source)}\s", copies), f"the Dockerfile does not copy {source}"
     env = dockerfile_env()
     assert env["LOCUST_LOCUSTFILE"] == "/home/locust/dg-locust/locustfile.py"
@@ -471,7 +479,8 @@ def test_dockerignore_keeps_the_context_small_but_the_image_complete():
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in "#"
     }
     assert {".git", ".venv", "tests", "bench"} <= patterns
-    assert not {"requirements.txt", "locustfile.py", "dg_locust", "models"} & patterns
+    assert not {"requirements.txt", "pyproject.toml", "locustfile.py", "dg_locust"} & patterns
+    assert "!README.md" in patterns, "pip install of the package needs README.md (its long description)"
 
 
 # ---------------------------------------------------------------------------------------------------- compose
@@ -512,7 +521,7 @@ def test_compose_runs_a_web_ui_master_scalable_workers_and_a_healthy_cratedb():
     # Fixed host ports or names would stop `docker compose up --scale worker=N`.
     assert "ports" not in worker and "container_name" not in worker
     for service in (master, worker):
-        assert "./models:/home/locust/dg-locust/models:ro" in service["volumes"]
+        assert "./dg_locust/models:/home/locust/models:ro" in service["volumes"]
         assert service["image"] == f"{IMAGE}:{project_version()}"
 
 

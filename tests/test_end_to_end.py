@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 from cratedb_double import DoubleProcess, count_rows, duplicate_keys, fetch_rows
-from locust_run import PROJECT_DIR, run_locust
+from locust_run import run_locust
 
-from dg_locust.model import load_model
+from dg_locust.errors import EXIT_NO_ROWS
+from dg_locust.model import MODELS_DIR, load_model
 
 TABLE = "doc.temperature"
 
@@ -34,8 +35,10 @@ def test_batches_cut_off_by_the_stop_are_in_doubt_never_inserted(tmp_path):
     with DoubleProcess(tmp_path / "crate.sqlite", overhead_ms=2500) as slow_double:
         args = ["--headless", "-u", "4", "-r", "4", "-t", "4s", "--stop-timeout", "1", "-H", slow_double.url]
         result = run_locust(args + ["--batch-size", "500"], tmp_path)
-        assert result.exit_code == 0, result.output[-3000:]
         summary = result.summary
+        # On a slow machine no batch may have been answered before the stop: then the run says so and exits 5.
+        expected_exit = 0 if summary["inserted"] else EXIT_NO_ROWS
+        assert result.exit_code == expected_exit, result.output[-3000:]
         assert summary["in_doubt"] > 0
         stored = count_rows(slow_double.db_path, TABLE)
         assert summary["inserted"] == result.reported_rows
@@ -49,7 +52,7 @@ def test_stored_values_and_tags_follow_the_model(double, tmp_path):
     assert result.exit_code == 0, result.output[-3000:]
     rows = fetch_rows(double.db_path, TABLE)
     assert len(rows) == 60 * 50 == result.summary["inserted"]
-    model = load_model(PROJECT_DIR / "models" / "temperature.json")
+    model = load_model(MODELS_DIR / "temperature.json")
     temperature = model.fields[0]
     ids = np.arange(1, 61)
     expected_tags = model.tag_values(ids)

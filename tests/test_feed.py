@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 
 from dg_locust.feed import FeedPlan, RowFeed
-from dg_locust.model import load_model
-from dg_locust.options import PROJECT_DIR
+from dg_locust.model import MODELS_DIR, load_model
 from dg_locust.schema import table_for_model
 
-MODEL = load_model(PROJECT_DIR / "models" / "temperature.json")
+MODEL = load_model(MODELS_DIR / "temperature.json")
 TABLE = table_for_model(MODEL, table_option="", partition="week", shards=4, replicas="0-1")
 COLUMNS = list(TABLE.column_names)
 

@@ -65,8 +65,11 @@ def test_latency_histogram_buckets_are_cumulative_and_merge_across_processes():
 
 
 def _fake_environment(ledger):
-    runtime = SimpleNamespace(ledger=ledger, pipelines={}, sync_ledger=lambda: None)
-    return SimpleNamespace(runner=None, dg=runtime, parsed_options=None, web_ui=None)
+    return SimpleNamespace(runner=None, parsed_options=None, web_ui=None)
+
+
+def _metrics(environment, ledger) -> DgMetrics:
+    return DgMetrics(environment, SimpleNamespace(ledger=ledger, pipelines={}))
 
 
 def test_each_process_has_its_own_registry_and_counters_read_the_ledger():
@@ -78,7 +81,7 @@ def test_each_process_has_its_own_registry_and_counters_read_the_ledger():
     rows.record(InsertOutcome(900, 60, 40))
     rows.batch_size = 1000
     second.for_class("TemperatureUser").record(InsertOutcome(5, 0, 0))
-    metrics_one, metrics_two = DgMetrics(_fake_environment(first)), DgMetrics(_fake_environment(second))
+    metrics_one, metrics_two = _metrics(_fake_environment(first), first), _metrics(_fake_environment(second), second)
     metrics_one.on_request("CrateDB", "bulk doc.temperature", 120.0, context={"user_class": "TemperatureUser"})
 
     text = generate_latest(metrics_one.registry).decode()
@@ -174,7 +177,7 @@ def test_grafana_dashboard_queries_only_metrics_dg_locust_exposes():
     dashboard = json.loads((PROJECT_DIR / "grafana" / "dg-locust.json").read_text())
     environment = _fake_environment(RunLedger())
     environment.runner = _IdleMaster()  # a master also exposes dg_workers_reporting
-    exposed = {family.name for family in DgMetrics(environment).registry.collect()}
+    exposed = {family.name for family in _metrics(environment, RunLedger()).registry.collect()}
     queried = set()
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "prometheus", panel["title"]

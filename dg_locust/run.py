@@ -1,16 +1,21 @@
-"""The run: dg-locust's state for one Locust Environment, and the listeners that drive it.
+"""The run: ``RunContext``, dg-locust's declared state for one Locust Environment, and the listeners that drive it.
 
-``DgRuntime.register(environment)`` attaches one runtime to the environment as ``environment.dg`` and hooks it
-onto Locust's events (the pattern of Locust's ``contrib`` listeners):
+``RunContext.attach(environment)`` (from an ``init`` listener) creates the one context of an environment; everything
+else reaches it one way, ``RunContext.of(environment)`` (users in ``on_start``), or is handed it at registration
+(metrics, web UI, checks). Its attributes are documented on the class. It hooks onto Locust's events (the pattern
+of Locust's ``contrib`` listeners):
 
-- at ``init`` (``register`` is called from an init listener): maps the seed's ``HOST`` to Locust's host; on a
-  master or local runner validates the options and the model, and exits at once with one line (code 2) on bad
-  input, and gives in-flight batches a stop timeout;
-- ``test_start``: starts a fresh ledger and forgets the previous run's pipelines (the web UI can run many tests);
+- ``init``: maps the seed's ``HOST`` to Locust's host; on a master or local runner parses and validates the options
+  (``Settings``, once) and the model, and exits at once with one line (code 2) on bad input; gives in-flight
+  batches a stop timeout;
+- ``test_start``: the settings of this test (the ones parsed at init for the first test when the options did not
+  change since; parsed again otherwise: the web UI may have changed them, and ``INGEST_TS=now`` must move on),
+  a fresh ledger, the sensor assignments, and no pipelines of a previous test;
 - ``report_to_master`` / ``worker_report``: cumulative row counters from workers to the master;
 - ``test_stopping`` on a master: has every worker stop its users and send its final counters (``dg_finish`` /
   ``dg_final``), so the summary holds the last seconds too;
-- ``test_stop``: prints the one-line summary on the master or local runner (and a master's per-worker lines);
+- ``test_stop``: prints the one-line summary on the master or local runner (and a master's per-worker lines), and
+  says why when no row at all was acknowledged (exit code 5);
 - ``quitting``: closes the HTTP pools.
 
 It also owns the pipelines (one per user class in this process), ends the run when every sensor has its
@@ -26,15 +31,18 @@ import logging
 import os
 import sys
 import time
+from typing import ClassVar
+from weakref import WeakKeyDictionary
 
 import gevent
 from gevent.lock import Semaphore
 
 from dg_locust.client import CrateError
+from dg_locust.errors import EXIT_BAD_INPUT, EXIT_NO_ROWS, DgError
 from dg_locust.ids import SensorAssignments
 from dg_locust.ledger import REPORT_KEY, RunLedger
-from dg_locust.model import ModelError, load_model
-from dg_locust.options import SEED_HOST_ENV_VAR, OptionError, Settings, parse_hosts
+from dg_locust.model import load_model
+from dg_locust.options import SEED_HOST_ENV_VAR, Settings, parse_hosts
 from dg_locust.pipeline import IngestPipeline
 from dg_locust.schema import table_for_model
 
@@ -43,38 +51,59 @@ EXHAUSTED_MESSAGE = "dg_exhausted"
 FINISH_MESSAGE = "dg_finish"  # master -> workers: stop your users and send your final counters
 FINAL_MESSAGE = "dg_final"  # worker -> master: the final counters
 FINAL_REPORT_GRACE_S = 5.0
-EXIT_BAD_INPUT = 2
 
 logger = logging.getLogger(__name__)
 
 
-class DgRuntime:
-    """dg-locust's state for one environment: ledger, pipelines, sensor assignments and run control."""
+class RunContext:
+    """dg-locust's state for one environment. Attributes:
+
+    - ``environment``: the Locust Environment it belongs to;
+    - ``settings``: the validated ``Settings`` of the current test (None before the first test on a worker, or
+      when the options are bad); parsed once per test, never re-read from the options by anyone else;
+    - ``ledger``: the row counters of this process (and on a master, every worker's latest report);
+    - ``assignments``: which sensors this process owns (``ids``);
+    - ``pipelines``: user class name -> its ``IngestPipeline`` in this process, created by the first user;
+    - ``stop_reason``: why the run stopped by itself (None while it runs or when a person stopped it);
+    - ``settings_built``: how many times ``Settings`` were parsed in this process (once per test).
+    """
+
+    _by_environment: ClassVar[WeakKeyDictionary] = WeakKeyDictionary()
 
     def __init__(self, environment):
         self.environment = environment
+        self.settings: Settings | None = None
+        self.settings_built = 0
         self.ledger = RunLedger()
         self.assignments = SensorAssignments()
         self.pipelines: dict[str, IngestPipeline] = {}
+        self.stop_reason: str | None = None
         self._pipeline_lock = Semaphore()
         self._aborted = False
         self._finishing = False
         self._awaiting_final: set[str] = set()
+        # The options the init-time settings were parsed from; the first test reuses them while they still match.
+        self._init_options: dict | None = None
 
     @classmethod
-    def register(cls, environment, runner=None) -> DgRuntime:
-        """Attach a runtime to the environment; call it from an ``init`` listener (it does the init work too)."""
-        runtime = cls(environment)
-        environment.dg = runtime
+    def attach(cls, environment, runner=None) -> RunContext:
+        """Create the environment's context and hook it onto the events; call it from an ``init`` listener."""
+        context = cls(environment)
+        cls._by_environment[environment] = context
         events = environment.events
-        events.test_start.add_listener(runtime.on_test_start)
-        events.test_stopping.add_listener(runtime.on_test_stopping)
-        events.test_stop.add_listener(runtime.on_test_stop)
-        events.report_to_master.add_listener(runtime.on_report_to_master)
-        events.worker_report.add_listener(runtime.on_worker_report)
-        events.quitting.add_listener(runtime.on_quitting)
-        runtime.on_init(environment, runner or environment.runner)
-        return runtime
+        events.test_start.add_listener(context.on_test_start)
+        events.test_stopping.add_listener(context.on_test_stopping)
+        events.test_stop.add_listener(context.on_test_stop)
+        events.report_to_master.add_listener(context.on_report_to_master)
+        events.worker_report.add_listener(context.on_worker_report)
+        events.quitting.add_listener(context.on_quitting)
+        context.on_init(environment, runner or environment.runner)
+        return context
+
+    @classmethod
+    def of(cls, environment) -> RunContext:
+        """The context ``attach`` made for this environment."""
+        return cls._by_environment[environment]
 
     # --- roles ---
 
@@ -108,12 +137,12 @@ class DgRuntime:
         self.assignments.register(environment, runner)
         forked_child = _is_forked_child(environment)
         if (isinstance(runner, WorkerRunner) and not forked_child) or environment.parsed_options is None:
-            return  # a separate worker validates what the master sends it, at test start
+            return  # a separate worker gets its options from the master, at test start
         problem = self.validate()
         if not problem and not isinstance(runner, WorkerRunner) and not environment.stop_timeout:
             # Locust kills users mid-task by default, which leaves every in-flight batch in doubt. Give a batch
             # the time to finish or time out instead; the master ships this value to its workers.
-            environment.stop_timeout = Settings.from_options(environment.parsed_options).timeout + 5
+            environment.stop_timeout = self.settings.timeout + 5
         if problem and forked_child:
             os._exit(EXIT_BAD_INPUT)  # a --processes child: its parent says why, once
         if problem:
@@ -123,45 +152,68 @@ class DgRuntime:
             sys.exit(EXIT_BAD_INPUT)
 
     def validate(self) -> str | None:
-        """The first problem with the options or the model, as one line; None when all is well."""
+        """Parse the options into ``settings`` and check the model; the first problem as one line, or None."""
         try:
-            settings = Settings.from_options(self.environment.parsed_options)
+            self.settings = self._parse_settings()
+            self._init_options = dict(vars(self.environment.parsed_options))
             if self.headless and not self.is_worker:
                 parse_hosts(self.environment.host)
-            model = load_model(settings.model_path)
-            # The table name may come from the model file: check it now, not when the first user starts.
-            table_for_model(
-                model,
-                table_option=settings.table,
-                partition=settings.partition,
-                shards=settings.shards,
-                replicas=settings.replicas,
-            )
-        except (OptionError, ModelError) as error:
+            check_model(self.settings)
+        except DgError as error:
+            self.settings = None
             return str(error)
         return None
+
+    def _parse_settings(self) -> Settings:
+        self.settings_built += 1
+        return Settings.from_options(self.environment.parsed_options)
+
+    def settings_for_test(self) -> Settings:
+        """The settings of the test starting now: init's for the first test while the options are unchanged."""
+        options = self.environment.parsed_options
+        if self._init_options is not None and self._init_options == dict(vars(options)) and self.settings:
+            self._init_options = None
+            return self.settings
+        self._init_options = None
+        settings = self._parse_settings()
+        check_model(settings)
+        return settings
 
     def on_test_start(self, environment, **_kwargs) -> None:
         self.ledger.reset()
         self._close_pipelines()
         self._aborted = False
         self._finishing = False
+        self.stop_reason = None
+        try:
+            self.settings = self.settings_for_test()
+        except DgError as error:
+            # Options changed in the web UI (or shipped to a worker) can be bad: the test cannot run.
+            self.settings = None
+            self.abort(str(error))
+            return
+        self.assignments.start_test(self.settings)
 
     def on_test_stop(self, environment, **_kwargs) -> None:
-        self.sync_ledger()
         self.ledger.stopped_at = self.ledger.clock()
-        if not self.is_worker:
-            print(self.ledger.summary_line(), flush=True)
-            # Every batch ends as inserted, failed or in doubt: generated == inserted + failed + in_doubt. Retries
-            # are re-sends of batches refused with HTTP 429/503; their rows count once, in the final outcome.
-            totals = self.ledger.totals()
-            print(f"dg outcomes: batches={totals.batches} generated={totals.generated} retries={totals.retries}")
+        if self.is_worker:
+            return
+        print(self.ledger.summary_line(), flush=True)
+        # Every batch ends as inserted, failed or in doubt: generated == inserted + failed + in_doubt. Retries
+        # are re-sends of batches refused with HTTP 429/503; their rows count once, in the final outcome.
+        totals = self.ledger.totals()
+        print(f"dg outcomes: batches={totals.batches} generated={totals.generated} retries={totals.retries}")
         if self.is_master:
             for line in self.ledger.worker_lines(self.runner.get_worker_index):
                 print(line, flush=True)
+        why = no_rows_reason(totals, self.settings, self.is_master, len(self.ledger.worker_reports))
+        if why and not self._aborted:
+            print(f"dg-locust: no rows were acknowledged: {why}", flush=True)
+            logger.error("dg-locust: no rows were acknowledged: %s", why)
+            if not self.environment.process_exit_code:
+                self.environment.process_exit_code = EXIT_NO_ROWS
 
     def on_report_to_master(self, client_id, data, **_kwargs) -> None:
-        self.sync_ledger()
         data[REPORT_KEY] = self.ledger.local_report()
 
     def on_worker_report(self, client_id, data, **_kwargs) -> None:
@@ -178,8 +230,16 @@ class DgRuntime:
         None once the run was aborted (the users queued behind a failed first attempt must not try again)."""
         name = user_class.__name__
         with self._pipeline_lock:
-            if name not in self.pipelines and not self._aborted:
-                pipeline = IngestPipeline.for_environment(self.environment, name, getattr(user_class, "model", None))
+            if name not in self.pipelines and not self._aborted and self.settings is not None:
+                pipeline = IngestPipeline.create(
+                    settings=self.settings,
+                    class_name=name,
+                    model_path=getattr(user_class, "model", None),
+                    host=self.environment.host,
+                    ledger=self.ledger.for_class(name),
+                    assignments=self.assignments,
+                    request_event=self.environment.events.request,
+                )
                 pipeline.prepare_table()
                 self.pipelines[name] = pipeline
             return self.pipelines.get(name)
@@ -188,26 +248,9 @@ class DgRuntime:
         """``pipeline_for`` for a user's on_start; on a problem, stops the run with one message and returns None."""
         try:
             return self.pipeline_for(user_class)
-        except (OptionError, ModelError, CrateError) as error:
+        except (DgError, CrateError) as error:
             self.abort(str(error))
             return None
-
-    def sensor_plan(self, settings: Settings):
-        return self.assignments.plan_for_this_process(settings)
-
-    def sync_ledger(self) -> None:
-        """Copy what only the pipelines know into the ledger: the table, id column and time window of rows sent."""
-        for pipeline in self.pipelines.values():
-            rows = pipeline.ledger
-            rows.table = pipeline.table.display_name
-            rows.id_column = pipeline.model.id_tag.name
-            if rows.generated and pipeline.feed is not None:
-                settings, base_ms = pipeline.settings, round(pipeline.settings.ingest_ts * 1000)
-                # next_step bounds every step handed out (it may be one past the last), so the window covers them all
-                rows.cover(
-                    base_ms + round(pipeline.feed.plan.first_step * settings.ingest_delta * 1000),
-                    base_ms + round(pipeline.feed.next_step * settings.ingest_delta * 1000),
-                )
 
     def _close_pipelines(self) -> None:
         for pipeline in self.pipelines.values():
@@ -221,6 +264,7 @@ class DgRuntime:
         if self._aborted:
             return
         self._aborted = True
+        self.stop_reason = message
         logger.error("dg-locust: %s; stopping the test", message)
         self.environment.process_exit_code = EXIT_BAD_INPUT
         if self.is_worker:
@@ -237,6 +281,7 @@ class DgRuntime:
         if self.is_worker:
             self.runner.send_message(EXHAUSTED_MESSAGE, self.assignments.exhausted_report())
         else:
+            self.stop_reason = "every sensor has its INGEST_SIZE rows"
             logger.info("dg-locust: every sensor has its INGEST_SIZE rows; ending the test")
             self._end_run()
 
@@ -247,6 +292,7 @@ class DgRuntime:
     def _on_abort_message(self, environment, msg, **_kwargs) -> None:
         if self.is_master and not self._aborted:
             self._aborted = True
+            self.stop_reason = f"a worker reported: {msg.data}"
             logger.error("dg-locust: a worker reported: %s; stopping the test", msg.data)
             self.environment.process_exit_code = EXIT_BAD_INPUT
             self._end_run()
@@ -254,6 +300,7 @@ class DgRuntime:
     def _on_exhausted_message(self, environment, msg, **_kwargs) -> None:
         if self.is_master and self.assignments.slice_exhausted(msg.node_id, msg.data) and not self._finishing:
             self._finishing = True
+            self.stop_reason = "every sensor has its INGEST_SIZE rows"
             logger.info("dg-locust: every sensor has its INGEST_SIZE rows; ending the test")
             self._end_run()
 
@@ -290,3 +337,35 @@ class DgRuntime:
 def _is_forked_child(environment) -> bool:
     options = environment.parsed_options
     return bool(options and getattr(options, "processes", None) and getattr(options, "worker", False))
+
+
+def check_model(settings: Settings) -> None:
+    """Load the model and derive its table, so a broken model or table name fails before the first user starts."""
+    table_for_model(
+        load_model(settings.model_path),
+        table_option=settings.table,
+        partition=settings.partition,
+        shards=settings.shards,
+        replicas=settings.replicas,
+    )
+
+
+def no_rows_reason(totals, settings: Settings | None, is_master: bool, workers_reporting: int) -> str | None:
+    """Why a run that has ended acknowledged no row at all, as one line; None when rows were acknowledged."""
+    if totals.inserted:
+        return None
+    if totals.failed and not totals.in_doubt:
+        return f"the database refused all {totals.failed} rows sent (see the errors above)"
+    if totals.in_doubt:
+        return (
+            f"every batch sent ended in doubt ({totals.in_doubt} rows: timeouts, resets, HTTP 5xx, "
+            "or cut off by the end of the run before the database answered)"
+        )
+    if is_master and not workers_reporting:
+        return "no worker reported any rows (did the workers connect, and did each get users?)"
+    if settings is not None and settings.ingest_mode == "consecutive":
+        return (
+            "nothing was due yet: in consecutive mode each sensor sends one row every "
+            f"{settings.ingest_delta:g} s of wall clock"
+        )
+    return "no rows were sent: no user ran, or no process owned any sensors (more workers than sensors or users?)"
