@@ -4,7 +4,9 @@
 line for each, and sets ``environment.process_exit_code`` (which Locust's exit code then is) when one fails:
 
 - ``--min-rows-per-sec R`` / ``--max-fail-ratio F``: exit code ``EXIT_THRESHOLD`` (3) when the run's mean rows/s
-  (inserted rows over the run's wall time) is below R, or failed / attempted rows is above F;
+  (inserted rows over the run's wall time) is below R, or when the share of rows an error kept from being
+  acknowledged (failed, and in doubt from timeouts, resets and 5xx) is above F; rows the stop cut off in flight
+  count on neither side of that ratio;
 - ``--verify``: refreshes each table and counts the rows of this run's sensor range (``--id-start``..``--id-end``)
   and time window (from the first to the last step any sensor sent, as the ledger reports them); exit code
   ``EXIT_VERIFY`` (4) when the table holds fewer rows than acknowledged or more than acknowledged + in doubt.
@@ -50,13 +52,16 @@ def threshold_verdict(ledger: RunLedger, min_rows_per_sec: float, max_fail_ratio
         relation = ">=" if ok else "is below"
         checks.append((ok, f"mean {rows_per_s:.1f} rows/s {relation} --min-rows-per-sec {min_rows_per_sec:g}"))
     if max_fail_ratio < 1:
-        ratio = totals.failed / totals.attempted if totals.attempted else 0.0
+        # Rows cut off by the stop are left out of both sides: the database never got to answer for them.
+        errors, finished = totals.not_acknowledged_by_error, totals.finished
+        ratio = errors / finished if finished else 0.0
         ok = ratio <= max_fail_ratio
         relation = "<=" if ok else "is above"
         checks.append(
             (
                 ok,
-                f"failed/attempted rows {totals.failed}/{totals.attempted} = {ratio:.4f} {relation} "
+                "rows not acknowledged because of errors (failed + in doubt, not counting "
+                f"{totals.cut_off} cut off by the stop) {errors}/{finished} = {ratio:.4f} {relation} "
                 f"--max-fail-ratio {max_fail_ratio:g}",
             )
         )

@@ -18,7 +18,7 @@ Messages (all but the claim carry the master's run token, so nothing from an ear
   the lease limit and the run's resolved INGEST_TS; ``slice`` is None when no slice is free (the worker asks again);
 - worker -> master ``dg_extend`` ``{run, slice, limit}``: extend my lease to ``limit``; answered by a grant;
 - master -> worker ``dg_revoke`` ``{run, slice}``: the slice now belongs to another worker;
-- worker -> master ``dg_exhausted`` ``{run, slice}`` (sent by the runtime): INGEST_SIZE rows of every sensor of
+- worker -> master ``dg_exhausted`` ``{run, slice}`` (sent by the run context): INGEST_SIZE rows of every sensor of
   the slice are answered; the run ends when every slice is.
 
 A worker without a slice (more workers than slices, or a late joiner while all slices are held) keeps its users

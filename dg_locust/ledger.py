@@ -6,6 +6,10 @@ stats resets and lost reports do not matter: the master keeps each worker's late
 one-line summary on the master or local runner when the test stops:
 
     dg summary: inserted=N failed=N in_doubt=N rows_per_s=X batch_size=N
+
+Rows in doubt have two causes, counted apart because only one is the database's doing: an error (a timeout, a reset
+connection, an HTTP 5xx) or the end of the run cutting their batch off in flight. ``cut_off`` counts the latter; it
+is part of ``in_doubt``, never in addition to it.
 """
 
 from __future__ import annotations
@@ -16,18 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 REPORT_KEY = "dg_rows"
-COUNTERS = ("inserted", "failed", "in_doubt", "retries", "generated", "batches")
+COUNTERS = ("inserted", "failed", "in_doubt", "cut_off", "retries", "generated", "batches")
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Totals:
-    """The row counters (``COUNTERS``): rows inserted, failed and in doubt, retries, rows generated, batches."""
+    """The row counters (``COUNTERS``): rows inserted, failed and in doubt (of which cut off by the stop), retries,
+    rows generated, batches."""
 
     inserted: int = 0
     failed: int = 0
     in_doubt: int = 0
+    cut_off: int = 0  # rows in doubt only because the stop cut their batch off; included in in_doubt
     retries: int = 0
     generated: int = 0
     batches: int = 0
@@ -40,6 +46,17 @@ class Totals:
     def attempted(self) -> int:
         return self.inserted + self.failed + self.in_doubt
 
+    @property
+    def finished(self) -> int:
+        """Rows whose batch finished (acknowledged, refused or left in doubt by an error): attempted, less those
+        the stop cut off in flight."""
+        return self.attempted - self.cut_off
+
+    @property
+    def not_acknowledged_by_error(self) -> int:
+        """Rows an error kept from being acknowledged: failed, and in doubt for any reason but the stop."""
+        return self.failed + self.in_doubt - self.cut_off
+
 
 @dataclass
 class ClassLedger(Totals):
@@ -50,7 +67,7 @@ class ClassLedger(Totals):
     best_rows_per_s: float = 0.0
     exhausted: bool = False
     # What the rows went to, for metric labels and --verify: the table, its sensor id column, and the time window
-    # (epoch ms, inclusive) of the rows handed out in this process; the runtime copies them from the pipeline.
+    # (epoch ms, inclusive) of the rows handed out in this process; the pipeline keeps them.
     table: str = ""
     id_column: str = ""
     first_ts_ms: int | None = None
@@ -61,6 +78,12 @@ class ClassLedger(Totals):
         self.failed += outcome.failed
         self.in_doubt += outcome.in_doubt
         self.retries += outcome.retries
+        self.batches += 1
+
+    def record_cut_off(self, rows: int) -> None:
+        """A batch the stop cut off in flight: nobody will hear its answer, so its rows are in doubt."""
+        self.in_doubt += rows
+        self.cut_off += rows
         self.batches += 1
 
     def cover(self, first_ts_ms: int, last_ts_ms: int) -> None:

@@ -41,6 +41,11 @@ COUNTER_METRICS = (
     ("inserted", "dg_rows_inserted", "Rows CrateDB acknowledged"),
     ("failed", "dg_rows_failed", "Rows CrateDB refused (error response or per-row failure)"),
     ("in_doubt", "dg_rows_in_doubt", "Rows whose outcome is unknown (timeout, reset connection, HTTP 500, cut off)"),
+    (
+        "cut_off",
+        "dg_rows_cut_off",
+        "Rows in doubt because the stop cut their batch off in flight (in dg_rows_in_doubt)",
+    ),
     ("generated", "dg_rows_generated", "Rows generated and handed to users for sending"),
     ("batches", "dg_batches", "Insert requests (batches) sent"),
     ("retries", "dg_batch_retries", "Re-sends of batches CrateDB refused before executing them (HTTP 429/503)"),
@@ -277,6 +282,8 @@ class _LedgerCollector:
             family.add_metric([user_class, table, role], histogram.cumulative_buckets(), histogram.sum)
         yield family
         if role == "master":
-            workers = GaugeMetricFamily("dg_workers_reporting", "Workers whose row counters the master totals hold")
-            workers.add_metric([], len(ledger.worker_reports))
+            workers = GaugeMetricFamily(
+                "dg_workers_reporting", "Workers whose row counters the master totals hold", labels=("role",)
+            )
+            workers.add_metric([role], len(ledger.worker_reports))
             yield workers

@@ -142,7 +142,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "--max-fail-ratio",
         "MAX_FAIL_RATIO",
         1.0,
-        "Exit with code 3 if failed / attempted rows is above this (1 = no threshold)",
+        "Exit with code 3 if the share of rows not acknowledged because of errors (failed, or in doubt from a timeout, "
+        "reset or 5xx; not the rows cut off by the stop) is above this (1 = no threshold)",
     ),
     OptionSpec("--ca-cert", "CA_CERT", "", "CA bundle to verify the server certificate with (https)"),
     OptionSpec("--no-verify-ssl", "NO_VERIFY_SSL", False, "Do not verify the server certificate (https)", is_flag=True),

@@ -162,7 +162,7 @@ class IngestPipeline:
         except GreenletExit:
             # The run stopped while this batch was in flight, so nobody will hear its answer: its rows are in doubt.
             # No request event: there was no response to time, and the database did not fail.
-            self.ledger.record(InsertOutcome(0, 0, batch.row_count, error="cut off by the stop"))
+            self.ledger.record_cut_off(batch.row_count)
             raise
         finally:
             self.in_flight -= 1

@@ -356,11 +356,13 @@ def no_rows_reason(totals, settings: Settings | None, is_master: bool, workers_r
         return None
     if totals.failed and not totals.in_doubt:
         return f"the database refused all {totals.failed} rows sent (see the errors above)"
-    if totals.in_doubt:
+    if totals.in_doubt and totals.in_doubt == totals.cut_off:
         return (
-            f"every batch sent ended in doubt ({totals.in_doubt} rows: timeouts, resets, HTTP 5xx, "
-            "or cut off by the end of the run before the database answered)"
+            f"the end of the run cut off every batch before the database answered ({totals.cut_off} rows in "
+            "doubt); run longer, or give batches time to finish with --stop-timeout"
         )
+    if totals.in_doubt:
+        return f"every batch sent ended in doubt ({totals.in_doubt} rows: timeouts, resets or HTTP 5xx)"
     if is_master and not workers_reporting:
         return "no worker reported any rows (did the workers connect, and did each get users?)"
     if settings is not None and settings.ingest_mode == "consecutive":

@@ -55,7 +55,38 @@ def test_thresholds_pass_or_fail_with_one_line_naming_the_option():
     assert slow.line == "dg thresholds: FAILED: mean 900.0 rows/s is below --min-rows-per-sec 1000"
     both = threshold_verdict(ledger, 1000, 0.05)
     assert "\n" not in both.line and "--min-rows-per-sec 1000" in both.line
-    assert "failed/attempted rows 1000/10000 = 0.1000 is above --max-fail-ratio 0.05" in both.line
+    assert (
+        "rows not acknowledged because of errors (failed + in doubt, not counting 0 cut off by the stop) "
+        "1000/10000 = 0.1000 is above --max-fail-ratio 0.05"
+    ) in both.line
+
+
+def test_fail_ratio_counts_rows_in_doubt_from_errors_and_leaves_out_rows_cut_off_by_the_stop():
+    clock = FakeClock()
+    ledger = RunLedger(clock=clock)
+    ledger.reset()
+    rows = ledger.for_class("TemperatureUser")
+    rows.record(InsertOutcome(8_000, 0, 0))
+    rows.record(InsertOutcome(0, 0, 1_000, error="HTTP 500 CircuitBreakingException", overload=True))
+    rows.record(InsertOutcome(0, 500, 0, error="HTTP 503"))
+    rows.record_cut_off(5_000)  # batches in flight when the run ended: no error, whatever their size
+    clock.now += 10
+    ledger.stopped_at = clock()
+    totals = ledger.totals()
+    assert (totals.in_doubt, totals.cut_off, totals.attempted) == (6_000, 5_000, 14_500)
+    # 1500 of the 9500 rows whose batch finished were kept from the database by errors
+    over = threshold_verdict(ledger, 0.0, 0.15)
+    assert over.line == (
+        "dg thresholds: FAILED: rows not acknowledged because of errors (failed + in doubt, not counting 5000 cut off "
+        "by the stop) 1500/9500 = 0.1579 is above --max-fail-ratio 0.15"
+    )
+    assert threshold_verdict(ledger, 0.0, 0.16).passed
+    # a master's totals hold the cut-off rows its workers reported
+    master = RunLedger()
+    master.reset()
+    master.merge_worker_report("w1", ledger.local_report())
+    master.merge_worker_report("w2", {"TemperatureUser": {"inserted": 500, "in_doubt": 100, "cut_off": 100}})
+    assert (master.totals().cut_off, master.totals().not_acknowledged_by_error) == (5_100, 1_500)
 
 
 def test_count_targets_cover_every_workers_window_and_count_classes_sharing_a_table_once():
@@ -172,7 +203,49 @@ def test_max_fail_ratio_decides_the_exit_code_with_locusts_exit_code_on_error(
     assert summary["failed"] > 0
     line = _line(result, "dg thresholds:")
     assert line.startswith("dg thresholds: FAILED: " if exit_code == EXIT_THRESHOLD else "dg thresholds: passed: ")
-    assert f"failed/attempted rows {summary['failed']}/" in line
+    assert f"because of errors (failed + in doubt, not counting 0 cut off by the stop) {summary['failed']}/" in line
+
+
+def _fail_ratio_line(result) -> tuple[int, int, int]:
+    """(cut off, not acknowledged because of errors, rows whose batch finished) from the thresholds line."""
+    found = re.search(r"not counting (\d+) cut off by the stop\) (\d+)/(\d+) = ", _line(result, "dg thresholds:"))
+    assert found, result.output[-3000:]
+    return tuple(map(int, found.groups()))
+
+
+@pytest.mark.parametrize(("faults", "exit_code"), [({"circuit_breaker": {"rate": 0.3}}, EXIT_THRESHOLD), ({}, 0)])
+def test_max_fail_ratio_counts_rows_in_doubt_after_http_500(tmp_path, faults, exit_code):
+    """30 % of the inserts answered by HTTP 500 (a circuit breaker) leave their rows in doubt: that fails a 5 % gate,
+    although no row was refused; a clean run passes it."""
+    with DoubleProcess(tmp_path / "crate.sqlite", faults=faults) as double:
+        args = [*RUN, "-t", "3s", "-H", double.url, "--max-fail-ratio", "0.05", "--exit-code-on-error", "0"]
+        result = run_locust(args, tmp_path)
+        stats = double.stats()
+    assert result.exit_code == exit_code, result.output[-3000:]
+    summary = result.summary
+    cut_off, errors, finished = _fail_ratio_line(result)
+    assert errors == summary["failed"] + summary["in_doubt"] - cut_off
+    assert finished == summary["inserted"] + summary["failed"] + summary["in_doubt"] - cut_off
+    if faults:
+        assert stats["faults"]["circuit_breaker"] > 0 and summary["failed"] == 0 and errors > 0.05 * finished
+        assert _line(result, "dg thresholds:").startswith("dg thresholds: FAILED: rows not acknowledged because of")
+    else:
+        assert errors == 0 and summary["inserted"] > 0
+
+
+def test_rows_cut_off_by_the_stop_do_not_count_against_max_fail_ratio(tmp_path):
+    """Every third insert hangs for 20 s, so the stop (after a 1 s stop timeout) cuts those batches off in flight:
+    their rows are in doubt, yet a 5 % gate passes, since the database reported no error."""
+    faults = {"slow": {"every": 3, "seconds": 20}}
+    with DoubleProcess(tmp_path / "crate.sqlite", faults=faults) as double:
+        args = [*RUN, "-H", double.url, "--stop-timeout", "1", "--max-fail-ratio", "0.05"]
+        result = run_locust(args, tmp_path)
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = result.summary
+    cut_off, errors, finished = _fail_ratio_line(result)
+    assert cut_off == summary["in_doubt"] > 0.05 * (summary["inserted"] + summary["in_doubt"])
+    assert (errors, finished) == (0, summary["inserted"]) and finished > 0
+    assert _line(result, "dg thresholds:").startswith("dg thresholds: passed: ")
 
 
 def test_checks_are_skipped_with_one_line_when_the_run_was_stopped_by_an_error(capsys):

@@ -44,6 +44,22 @@ def test_master_adds_the_latest_cumulative_report_of_each_worker():
     assert ledger.last_batch_size() == 800
 
 
+def test_rows_cut_off_by_the_stop_are_in_doubt_and_counted_apart_also_on_the_master():
+    ledger = RunLedger()
+    ledger.reset()
+    rows = ledger.for_class("TemperatureUser")
+    rows.record(InsertOutcome(100, 0, 20, error="timeout"))
+    rows.record_cut_off(30)
+    totals = ledger.totals()
+    assert (totals.in_doubt, totals.cut_off, totals.batches, totals.attempted) == (50, 30, 2, 150)
+    assert (totals.not_acknowledged_by_error, totals.finished) == (20, 120)
+    master = RunLedger()
+    master.reset()
+    master.merge_worker_report("w1", ledger.local_report())  # what a worker ships with its report
+    assert (master.totals().in_doubt, master.totals().cut_off) == (50, 30)
+    assert master.summary_line().startswith("dg summary: inserted=100 failed=0 in_doubt=50 ")
+
+
 def test_a_new_test_starts_from_zero():
     ledger = RunLedger()
     ledger.reset()

@@ -78,7 +78,8 @@ def test_each_process_has_its_own_registry_and_counters_read_the_ledger():
     second.reset()
     rows = first.for_class("TemperatureUser")
     rows.table = TABLE
-    rows.record(InsertOutcome(900, 60, 40))
+    rows.record(InsertOutcome(900, 60, 30))
+    rows.record_cut_off(10)
     rows.batch_size = 1000
     second.for_class("TemperatureUser").record(InsertOutcome(5, 0, 0))
     metrics_one, metrics_two = _metrics(_fake_environment(first), first), _metrics(_fake_environment(second), second)
@@ -89,6 +90,7 @@ def test_each_process_has_its_own_registry_and_counters_read_the_ledger():
     assert f"dg_rows_inserted_total{{{labels}}} 900.0" in text
     assert f"dg_rows_failed_total{{{labels}}} 60.0" in text
     assert f"dg_rows_in_doubt_total{{{labels}}} 40.0" in text
+    assert f"dg_rows_cut_off_total{{{labels}}} 10.0" in text  # part of the 40 in doubt
     assert f"dg_batch_size{{{labels}}} 1000.0" in text
     assert 'dg_insert_duration_seconds_bucket{le="0.25",role="local",table="",user_class="TemperatureUser"} 1.0' in text
     other = generate_latest(metrics_two.registry).decode()
@@ -153,7 +155,7 @@ def test_master_totals_equal_the_sum_over_workers_and_the_rows_stored(double, tm
         )
         assert all(rows["inserted"] > 0 for rows in worker_rows)  # both workers inserted rows
         master_samples = scrape(master_url)
-        assert sample_sum(master_samples, "dg_workers_reporting") == 2
+        assert sample_sum(master_samples, "dg_workers_reporting", role="master") == 2
 
         def latency_counts():
             on_workers = sum(sample_sum(scrape(url), "dg_insert_duration_seconds_count") for url in worker_urls)
