@@ -29,6 +29,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR / "tests"))
 
 from cratedb_double import DoubleProcess  # noqa: E402
+from support import locust_command as dg_locust_command  # noqa: E402
 
 SUMMARY = re.compile(r"^dg summary: inserted=(\d+) failed=(\d+) in_doubt=(\d+) rows_per_s=([\d.]+)", re.M)
 GENERATOR_CPU = 0
@@ -177,12 +178,7 @@ def timed_run(
 def locust_command(
     *, url: str, method: str, batch_size: int | str, users: int, run_seconds: float, extra: tuple = ()
 ) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(PROJECT_DIR / "locustfile.py"),
+    return dg_locust_command(
         "--headless",
         "--only-summary",
         "-u",
@@ -200,7 +196,7 @@ def locust_command(
         "--prometheus-port",
         "0",
         *extra,
-    ]
+    )
 
 
 def run_ours(

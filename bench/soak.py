@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import re
@@ -37,6 +36,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR / "tests"))
 
 from cratedb_double import DoubleProcess, count_rows, duplicate_keys  # noqa: E402
+from support import clean_environment, locust_command  # noqa: E402
 
 TABLE = "doc.temperature"
 SUMMARY = re.compile(r"^dg summary: inserted=(\d+) failed=(\d+) in_doubt=(\d+) rows_per_s=([\d.]+)", re.M)
@@ -86,13 +86,12 @@ def main(argv=None) -> int:
         per_row_us=args.per_row_us,
         max_concurrency=args.max_concurrency,
     ).start()
-    command = [
-        sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), "--headless",
-        "-u", str(args.users), "-r", str(args.users), "-t", f"{int(duration_s)}s", "-H", double.url,
+    command = locust_command(
+        "--headless", "-u", str(args.users), "-r", str(args.users), "-t", f"{int(duration_s)}s", "-H", double.url,
         "--timeout", str(args.timeout), "--exit-code-on-error", "0", "--prometheus-port", "0",
         "--json-file", str(work / "report"), "--seed", str(args.seed),
-    ]  # fmt: skip
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    )  # fmt: skip
+    environment = clean_environment()
     started = time.monotonic()
     with open(work / "locust.out", "w") as out, open(work / "locust.err", "w") as err:
         locust = subprocess.Popen(command, cwd=work, env=environment, stdout=out, stderr=err)

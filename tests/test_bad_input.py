@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from locust_run import run_locust
+from support import run_locust
 
 from dg_locust.model import MODELS_DIR
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from cratedb_double import DoubleProcess, count_rows
-from locust_run import run_locust
+from support import run_locust
 
 from dg_locust.checks import (
     EXIT_THRESHOLD,

@@ -8,19 +8,16 @@ is killed and a new one takes over its sensors.
 import locust  # noqa: F401
 
 import json
-import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from cratedb_double import DoubleProcess, count_rows, duplicate_keys, storage_table
-from locust_run import PROJECT_DIR, LocustResult, run_locust
+from support import LocustResult, clean_environment, free_port, locust_command, run_locust
 
 TABLE = "doc.temperature"
 INGEST_TS_MS = 1_600_000_000_000
@@ -41,17 +38,8 @@ def double(tmp_path):
         yield server
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def clean_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
-    env.update(BASE_ENV)
-    env.update(extra or {})
-    return env
+    return clean_environment({**BASE_ENV, **(extra or {})})
 
 
 class Worker:
@@ -59,8 +47,8 @@ class Worker:
 
     def __init__(self, port: int, folder: Path, name: str):
         self.log = folder / f"{name}.log"
-        command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), "--worker"]
-        command += ["--master-host", "127.0.0.1", "--master-port", str(port), "--prometheus-port", "0"]
+        command = locust_command("--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+        command += ["--prometheus-port", "0"]
         with open(self.log, "w") as out:
             self.process = subprocess.Popen(command, cwd=folder, env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
 
@@ -82,8 +70,7 @@ class Master:
     def __init__(self, args: list[str], folder: Path, env: dict | None = None):
         self.folder, self.report = folder, folder / "report"
         self.out, self.err = folder / "master.out", folder / "master.err"
-        command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), "--json-file"]
-        command += [str(self.report), "--prometheus-port", "0", *args]
+        command = locust_command("--json-file", str(self.report), "--prometheus-port", "0", *args)
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.process = subprocess.Popen(command, cwd=folder, env=clean_env(env), stdout=out, stderr=err)
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from cratedb_double import DoubleProcess, count_rows, duplicate_keys, fetch_rows
-from locust_run import run_locust
+from support import run_locust
 
 from dg_locust.errors import EXIT_NO_ROWS
 from dg_locust.model import MODELS_DIR, load_model

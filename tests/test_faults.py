@@ -16,13 +16,12 @@ import locust  # noqa: F401
 import json
 import re
 import subprocess
-import sys
 import time
 
 import orjson
 import pytest
 from cratedb_double import DoubleProcess, count_rows, duplicate_keys
-from locust_run import PROJECT_DIR, LocustResult, run_locust
+from support import LocustResult, locust_command, run_locust
 
 from dg_locust.client import CrateHttpClient, _Answer
 from dg_locust.sizer import BatchSizer, SizerSettings
@@ -335,8 +334,7 @@ def test_a_server_that_resets_every_connection_cools_down_instead_of_eating_batc
 
 
 def _start_locust(args, tmp_path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), "--json-file"]
-    command += [str(tmp_path / "report"), "--prometheus-port", "0", *args]
+    command = locust_command("--json-file", str(tmp_path / "report"), "--prometheus-port", "0", *args)
     return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -18,7 +18,7 @@ import urllib.parse
 
 import pytest
 from cratedb_double import DoubleProcess
-from locust_live import PROJECT_DIR, LiveLocust, free_ports, get, get_json, wait_until
+from support import PROJECT_DIR, LiveLocust, free_ports, get, get_json, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(

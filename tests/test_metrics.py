@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import prometheus_client
 import pytest
 from cratedb_double import DoubleProcess, count_rows
-from locust_live import PROJECT_DIR, LiveLocust, free_ports, get, sample_sum, scrape, wait_until
 from prometheus_client import generate_latest
+from support import PROJECT_DIR, LiveLocust, free_ports, get, sample_sum, scrape, wait_until
 
 from dg_locust.client import InsertOutcome
 from dg_locust.ledger import RunLedger

@@ -11,9 +11,7 @@ import locust  # noqa: F401
 import base64
 import html
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from cratedb_double import DoubleProcess
-from locust_run import PROJECT_DIR, run_locust
+from support import clean_environment, free_port, locust_command, run_locust
 
 from dg_locust.client import CrateError, CrateHttpClient
 from dg_locust.options import OPTIONS, Settings
@@ -60,12 +58,6 @@ def assert_no_trace_in_files(folder: Path) -> int:
     return searched
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def get(url: str, data: bytes | None = None, timeout: float = 10) -> str:
     with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
         return response.read().decode(errors="replace")
@@ -83,11 +75,8 @@ def wait_for(url: str, timeout: float = 30) -> str:
 
 
 def start_locust(args: list[str], workdir: Path, env: dict) -> subprocess.Popen:
-    command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), *args]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
-    environment.update(env)
     with open(workdir / "locust.out", "w") as out, open(workdir / "locust.err", "w") as err:
-        return subprocess.Popen(command, cwd=workdir, env=environment, stdout=out, stderr=err)
+        return subprocess.Popen(locust_command(*args), cwd=workdir, env=clean_environment(env), stdout=out, stderr=err)
 
 
 def test_a_headless_run_with_a_password_leaves_no_trace_of_it(tmp_path):

@@ -25,7 +25,7 @@ import threading
 import time
 
 from cratedb_double import DoubleProcess
-from locust_run import run_locust
+from support import run_locust
 
 OVERHEAD_MS = 60.0
 PER_ROW_US = 10.0

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from cratedb_double import DoubleProcess, count_rows
-from locust_live import LiveLocust, free_ports, get, get_json, post_form, wait_until
+from support import LiveLocust, free_ports, get, get_json, post_form, wait_until
 
 from dg_locust.client import InsertOutcome
 from dg_locust.ledger import RunLedger

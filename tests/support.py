@@ -1,7 +1,12 @@
-"""Runs dg-locust processes in the background (web UI, masters and workers that stay up) and reads what they serve.
+"""What the tests share to run dg-locust as a person would, and to read what it left behind.
 
-``LiveLocust`` starts ``python -m locust -f locustfile.py ...`` as a person would, keeps its output in files, and
-stops it with SIGTERM (Locust's own shutdown). ``scrape`` parses a Prometheus ``/metrics`` page into samples.
+- ``locust_command`` / ``clean_environment``: the one way to start ``python -m locust -f locustfile.py ...``;
+- ``run_locust``: a run to its end, as a ``LocustResult`` (exit code, output, the ``--json-file`` report);
+- ``LiveLocust``: a process that stays up (web UI, masters, workers), stopped with its whole process group;
+- ``free_port`` / ``free_port_block`` / ``free_ports``: ports free on this host right now;
+- ``get`` / ``get_json`` / ``post_form`` / ``scrape`` / ``sample_sum`` / ``wait_until``: reading what it serves.
+
+The CrateDB test double is started with ``cratedb_double.DoubleProcess``.
 """
 
 from __future__ import annotations
@@ -18,11 +23,78 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+LOCUSTFILE = PROJECT_DIR / "locustfile.py"
+
+
+def locust_command(*args: str) -> list[str]:
+    """The command line that runs dg-locust's locustfile with ``args``."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
+
+
+def clean_environment(extra: dict | None = None) -> dict[str, str]:
+    """This process's environment without the LOCUST_* variables a developer may have set, plus ``extra``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    environment.update(extra or {})
+    return environment
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+SUMMARY = re.compile(
+    r"^dg summary: inserted=(\d+) failed=(\d+) in_doubt=(\d+) rows_per_s=([\d.]+) batch_size=(\d+)$", re.M
+)
+
+
+@dataclass
+class LocustResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    report: list | None  # the --json-file report, one entry per request name
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def summary(self) -> dict[str, float]:
+        found = SUMMARY.findall(self.stdout)
+        assert len(found) == 1, f"expected exactly one summary line, got {found}\n{self.output[-3000:]}"
+        inserted, failed, in_doubt, rows_per_s, batch_size = found[0]
+        return {
+            "inserted": int(inserted),
+            "failed": int(failed),
+            "in_doubt": int(in_doubt),
+            "rows_per_s": float(rows_per_s),
+            "batch_size": int(batch_size),
+        }
+
+    @property
+    def reported_rows(self) -> int:
+        """Rows Locust counted: the sum of ``total_content_length`` over the JSON report."""
+        return sum(entry["total_content_length"] for entry in self.report or [])
+
+
+def run_locust(args: list[str], tmp_path: Path, *, env: dict | None = None, timeout: float = 120) -> LocustResult:
+    report_prefix = tmp_path / "report"
+    command = locust_command("--json-file", str(report_prefix), "--prometheus-port", "0", *args)
+    completed = subprocess.run(
+        command, cwd=tmp_path, env=clean_environment(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    report_file = report_prefix.with_suffix(".json")
+    report = json.loads(report_file.read_text()) if report_file.exists() else None
+    return LocustResult(completed.returncode, completed.stdout, completed.stderr, report)
 
 
 def free_port_block(count: int, avoid: tuple[int, ...] = ()) -> int:
@@ -71,9 +143,8 @@ class LiveLocust:
         self.stderr_path = workdir / f"{name}.err"
 
     def start(self) -> LiveLocust:
-        command = [sys.executable, "-m", "locust", "-f", str(PROJECT_DIR / "locustfile.py"), *self.args]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
-        environment.update(self.env)
+        command = locust_command(*self.args)
+        environment = clean_environment(self.env)
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             # A session of its own, so stop() can end the --processes children too, not only their parent.
             self.proc = subprocess.Popen(

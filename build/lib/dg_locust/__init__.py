@@ -1,0 +1,1 @@
+"""dg-locust: a Locust load test that measures CrateDB ingest in rows per second."""

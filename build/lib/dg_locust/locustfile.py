@@ -1,0 +1,32 @@
+"""dg-locust's locustfile: registers the options and the listeners, and declares the default user class.
+
+The ``dg-locust`` command runs Locust with this file; ``locust -f locustfile.py`` from the repository loads the same
+classes and listeners through the thin ``locustfile.py`` there. Listeners attach to the environment's own events at
+``init`` (the run context first, so its ``test_start`` and ``test_stop`` run before the others').
+"""
+
+from locust import events
+
+from dg_locust.checks import RunChecks
+from dg_locust.metrics import DgMetrics
+from dg_locust.options import add_options
+from dg_locust.run import RunContext
+from dg_locust.users import CrateIngestUser
+from dg_locust.webui import RowsTab
+
+
+@events.init_command_line_parser.add_listener
+def _register_options(parser, **_kwargs):
+    add_options(parser)
+
+
+@events.init.add_listener
+def _register_listeners(environment, runner, **_kwargs):
+    context = RunContext.attach(environment, runner)
+    DgMetrics.register(environment, context)
+    RowsTab.register(environment, context)
+    RunChecks.register(environment, context)
+
+
+class TemperatureUser(CrateIngestUser):
+    """Sensors of the --model file (by default the shipped temperature model: a fridge temperature and a button)."""

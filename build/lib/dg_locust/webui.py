@@ -1,0 +1,129 @@
+"""The Rows tab of Locust's web UI: rows per second and row outcomes per user class, in total and per worker.
+
+``RowsTab.register(environment)`` (from an ``init`` listener; it does nothing where there is no web UI: on workers,
+in headless runs and in ``--processes`` children) declares the tab through Locust's ``extended_tabs`` /
+``extended_tables`` template arguments and delivers its rows as ``extended_stats`` in ``/stats/requests``, which the
+page polls every two seconds, so the tab updates live like the built-in ones. The figures come from the ledger (the
+master's holds every worker's latest cumulative report); "rows/s now" is the rate of rows inserted over the last
+``RATE_WINDOW_S`` seconds, measured between polls.
+"""
+
+from __future__ import annotations
+
+from locust.runners import MasterRunner
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+
+from flask import request
+
+from dg_locust.run import RunContext
+
+TAB_KEY = "dg_rows"
+TAB_TITLE = "Rows"
+COLUMNS = (
+    ("name", "Rows of"),
+    ("rows_per_s", "Rows/s now"),
+    ("inserted", "Rows inserted"),
+    ("failed", "Rows failed"),
+    ("in_doubt", "Rows in doubt"),
+    ("batch_size", "Batch size"),
+    ("best_batch_size", "Best batch size"),
+)
+RATE_WINDOW_S = 10.0
+TOTAL = "Total"
+
+
+class RateMeter:
+    """Rate of a cumulative counter over a sliding window, from samples taken whenever someone asks."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def update(self, now: float, value: float) -> float:
+        if self._samples and value < self._samples[-1][1]:
+            self._samples.clear()  # the counter restarted (a new test)
+        self._samples.append((now, value))
+        # keep the newest sample at or before the window's start as the anchor, so the rate spans the whole window
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()
+        first_time, first_value = self._samples[0]
+        return (value - first_value) / (now - first_time) if now > first_time else 0.0
+
+
+class RowsTab:
+    """The rows of the tab: one per user class, the total, and (on a master) one per worker."""
+
+    def __init__(self, environment, context: RunContext, clock: Callable[[], float] = time.monotonic):
+        self.environment = environment
+        self.context = context
+        self.clock = clock
+        self._rates: dict[str, RateMeter] = {}
+
+    @classmethod
+    def register(cls, environment, context: RunContext) -> RowsTab | None:
+        web_ui = environment.web_ui
+        if web_ui is None:
+            return None
+        tab = cls(environment, context)
+        web_ui.template_args["extended_tabs"] = [{"title": TAB_TITLE, "key": TAB_KEY}]
+        web_ui.template_args["extended_tables"] = [
+            {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in COLUMNS]}
+        ]
+
+        @web_ui.app.after_request
+        def add_rows_to_stats(response):
+            if request.path.endswith("/stats/requests") and response.is_json:
+                report = response.get_json()
+                report["extended_stats"] = [{"key": TAB_KEY, "data": tab.rows()}]
+                response.set_data(json.dumps(report))
+            return response
+
+        return tab
+
+    def rows(self) -> list[dict]:
+        ledger = self.context.ledger
+        now = self.clock()
+        rows = [self._row(name, counters, now) for name, counters in sorted(ledger.per_class().items())]
+        total = {key: sum(row[key] for row in rows) for key in ("inserted", "failed", "in_doubt")}
+        total["batch_size"] = max((row["batch_size"] for row in rows), default=0)
+        total["best_batch_size"] = max((row["best_batch_size"] for row in rows), default=0)
+        rows.append(self._row(TOTAL, total, now))
+        runner = self.environment.runner
+        if isinstance(runner, MasterRunner):
+            workers = sorted(ledger.worker_reports.items(), key=lambda item: runner.get_worker_index(item[0]))
+            for worker_id, report in workers:
+                rows.append(self._row(_worker_label(runner, worker_id), _worker_totals(report), now, key=worker_id))
+        return rows
+
+    def _row(self, name: str, counters: dict, now: float, key: str | None = None) -> dict:
+        inserted = int(counters.get("inserted", 0))
+        meter = self._rates.setdefault(key or f"class:{name}", RateMeter())
+        return {
+            "name": name,
+            "rows_per_s": round(meter.update(now, inserted), 1),
+            "inserted": inserted,
+            "failed": int(counters.get("failed", 0)),
+            "in_doubt": int(counters.get("in_doubt", 0)),
+            "batch_size": int(counters.get("batch_size", 0)),
+            "best_batch_size": int(counters.get("best_batch_size", 0)),
+        }
+
+
+def _worker_totals(report: dict[str, dict]) -> dict:
+    """One worker's rows over its user classes (its latest cumulative report)."""
+    totals = {
+        key: sum(int(counters.get(key, 0)) for counters in report.values())
+        for key in ("inserted", "failed", "in_doubt")
+    }
+    for key in ("batch_size", "best_batch_size"):
+        totals[key] = max((int(counters.get(key, 0)) for counters in report.values()), default=0)
+    return totals
+
+
+def _worker_label(runner, worker_id: str) -> str:
+    host = worker_id.rsplit("_", 1)[0]  # Locust's worker ids are "<hostname>_<uuid hex>"
+    return f"worker {runner.get_worker_index(worker_id)} ({host})"

@@ -1,0 +1,72 @@
+import locust  # noqa: F401  (first: gevent monkey-patches sockets before anything else imports them)
+from locust.argument_parser import get_parser
+from locust.env import Environment
+from locust.event import Events
+
+import gevent
+import pytest
+from cratedb_double import DoubleProcess, count_rows
+
+from dg_locust import options as options_module
+from dg_locust.options import add_options
+from dg_locust.run import RunContext
+from dg_locust.users import CrateIngestUser
+
+TABLE = "doc.temperature"
+
+
+class TemperatureUser(CrateIngestUser):
+    """The default model's sensors (a class of the test's own: importing dg_locust.locustfile would register its
+    option listener on Locust's global events a second time)."""
+
+
+@pytest.fixture
+def double(tmp_path):
+    with DoubleProcess(tmp_path / "crate.sqlite") as server:
+        yield server
+
+
+def _parsed(*args: str):
+    parser = get_parser()
+    add_options(parser)
+    return parser.parse_args(["--headless", "--prometheus-port", "0", *args])
+
+
+def _run_one_test(environment, runner, seconds: float = 2.0) -> None:
+    runner.start(2, spawn_rate=2)
+    gevent.sleep(seconds)
+    runner.stop()
+
+
+def test_settings_are_parsed_once_per_test_and_reach_everyone_from_the_context(double, monkeypatch):
+    built = []
+    original = options_module.Settings.from_options.__func__
+
+    def counting(cls, options, **kwargs):
+        built.append(options)
+        return original(cls, options, **kwargs)
+
+    monkeypatch.setattr(options_module.Settings, "from_options", classmethod(counting))
+    environment = Environment(
+        user_classes=[TemperatureUser], events=Events(), host=double.url, parsed_options=_parsed("-H", double.url)
+    )
+    runner = environment.create_local_runner()
+    context = RunContext.attach(environment, runner)
+    assert len(built) == 1, "init parses the options once, to fail fast on bad input"
+    first_settings = context.settings
+
+    _run_one_test(environment, runner)
+    assert len(built) == 1, "the first test uses the settings parsed at init (the options did not change)"
+    assert context.settings is first_settings
+    first_rows = context.ledger.totals().inserted
+    assert first_rows > 0 and count_rows(double.db_path, TABLE) == first_rows
+
+    gevent.sleep(1.0)  # INGEST_TS=now of the next test must lie after every row of this one
+    _run_one_test(environment, runner)
+    assert len(built) == 2, "each later test parses once (the web UI may have changed them; INGEST_TS=now moves)"
+    assert context.settings.ingest_ts > first_settings.ingest_ts
+    assert context.ledger.totals().inserted > 0
+    runner.quit()
+    # Both tests' rows are stored, none twice: the second test's timestamps did not reuse the first one's.
+    assert count_rows(double.db_path, TABLE) >= first_rows + context.ledger.totals().inserted
+    assert RunContext.of(environment) is context and not hasattr(environment, "dg")
