@@ -2,7 +2,7 @@
 
 Not part of CI (it takes the whole duration). It starts the double (``tests/cratedb_double.py``) with a modest
 capacity, runs the Locust CLI headless against it, and every ``--phase-s`` seconds switches between a calm phase and
-a phase with one or two random faults: HTTP 503 (codes 5030-5035), bare 429, circuit-breaker 500s, resets before
+a phase with one or two random faults: HTTP 503 (codes 5031-5035), bare 429, circuit-breaker 500s, resets before
 and in the middle of a response, per-row rejections, responses slower than ``--timeout``, and the node being killed
 and restarted. At the end it checks what must hold however the faults fell:
 
@@ -47,7 +47,7 @@ WARM_UP_S = 60.0  # pools, batch size and numpy buffers settle in the first minu
 def random_faults(rng: random.Random, timeout_s: float) -> dict[str, dict]:
     """One or two faults at rates that hurt without stopping all progress."""
     menu = {
-        "http_503": lambda: {"rate": 0.3, "code": rng.randint(5030, 5035)},
+        "http_503": lambda: {"rate": 0.3, "code": rng.randint(5031, 5035)},
         "http_429_empty": lambda: {"rate": 0.3},
         "circuit_breaker": lambda: {"rate": 0.2},
         "reset_before_response": lambda: {"rate": 0.1, "store": rng.random() < 0.5},
