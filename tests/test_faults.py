@@ -24,7 +24,7 @@ from cratedb_double import DoubleProcess, count_rows, duplicate_keys
 from support import LocustResult, locust_command, run_locust
 
 from dg_locust.client import CrateHttpClient, _Answer
-from dg_locust.model import load_model
+from dg_locust.model import MODELS_DIR, load_model
 from dg_locust.schema import table_for_model
 from dg_locust.sizer import BatchSizer, SizerSettings
 
@@ -163,7 +163,7 @@ def test_rows_a_check_constraint_refuses_are_failed_and_the_rest_inserted(tmp_pa
     """The table is created beforehand with a CHECK on the temperature field, so about half the rows are refused by
     the table as a real CrateDB 6.4.3 refuses them (recorded: bulk_check_violation_some, a -2 per refused row;
     unnest_check_violation_some, a smaller rowcount); dg-locust's CREATE TABLE IF NOT EXISTS leaves it as it is."""
-    model = load_model(PROJECT_DIR / "models" / "temperature.json")
+    model = load_model(MODELS_DIR / "temperature.json")
     plain = table_for_model(model, table_option="", partition="week", shards=4, replicas="0").create_sql()
     checked = plain.replace('"value" DOUBLE PRECISION', '"value" DOUBLE PRECISION CHECK ("value" <= 6.4)')
     assert checked != plain
