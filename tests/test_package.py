@@ -1,6 +1,7 @@
 import locust  # noqa: F401  (first: gevent monkey-patches sockets before anything else imports them)
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,8 +25,13 @@ def test_the_command_adds_the_packaged_locustfile_unless_one_is_chosen():
 def installed(tmp_path_factory):
     """The package built as a wheel and installed into a folder of its own (its dependencies are this venv's)."""
     work = tmp_path_factory.mktemp("package")
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
+    source = work / "source"
+    shutil.copytree(PROJECT_DIR / "dg_locust", source / "dg_locust", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT_DIR / name, source / name)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(PROJECT_DIR)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,1 +1,0 @@
-"""dg-locust: a Locust load test that measures CrateDB ingest in rows per second."""
