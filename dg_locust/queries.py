@@ -192,6 +192,8 @@ def pick(specs: tuple[QuerySpec, ...], rng: random.Random) -> QuerySpec:
 
 # --- the data front's own statement ---
 
+FRONT_QUERY_NAME = "data_front"  # its request name; no query of a file may take it
+
 
 def front_sql(model: Model, table: TableSchema) -> str:
     """The latest ts of each sensor of an id range since a time (args: since ms, first id, last id)."""
@@ -375,6 +377,8 @@ class _EntryParser:
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise self.fail(where, 'needs a "name" of letters, digits, "_", "." or "-" (it names the request)')
+        if name == FRONT_QUERY_NAME:
+            raise self.fail(where, f"{FRONT_QUERY_NAME!r} names the data front's own statement; choose another name")
         sql = entry.get("sql")
         if not isinstance(sql, str) or not sql.strip():
             raise self.fail(where, 'needs "sql", the SELECT statement')

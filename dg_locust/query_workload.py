@@ -7,7 +7,7 @@ rows the front proves exist, and account for it exactly once (the query ledger a
 ``CrateDB query``, named after the query).
 
 The data front is the latest timestamp of every sensor of ``--id-start``..``--id-end``, read from the database
-every ``FRONT_REFRESH_S`` seconds by one statement (a request named ``data front``, since it is load on the
+every ``FRONT_REFRESH_S`` seconds by one statement (a request named ``data_front``, since it is load on the
 database too) that looks back only from the oldest sensor's latest row, so partitions prune and it stays cheap. A
 front is used once it is ``VISIBILITY_LAG_S`` old: a replica refreshes on its own schedule (1 s by default), so a
 row one shard copy showed is then visible on every copy. Until the table holds rows of this run, query users wait.
@@ -26,12 +26,21 @@ from gevent.lock import Semaphore
 from dg_locust.client import CrateError, CrateHttpClient
 from dg_locust.model import Model, load_model
 from dg_locust.options import Settings
-from dg_locust.queries import BoundQuery, DataFront, QuerySpec, bind, front_sql, load_query_file, pick, shipped_queries
+from dg_locust.queries import (
+    FRONT_QUERY_NAME,
+    BoundQuery,
+    DataFront,
+    QuerySpec,
+    bind,
+    front_sql,
+    load_query_file,
+    pick,
+    shipped_queries,
+)
 from dg_locust.query_ledger import QueryLedger
 from dg_locust.schema import TableSchema, table_for_model
 
 QUERY_REQUEST_TYPE = "CrateDB query"
-FRONT_REQUEST_NAME = "data front"
 FRONT_REFRESH_S = 2.0
 VISIBILITY_LAG_S = 2.0
 NO_DATA_WAIT_S = 0.5
@@ -151,7 +160,9 @@ class QueryWorkload:
         now = self.clock()
         # Promote before reading: the front read last time is FRONT_REFRESH_S old by now, and the new one replaces it.
         self._promote(now)
-        if self._refreshed_at is not None and now - self._refreshed_at < FRONT_REFRESH_S:
+        # Until the table shows rows of this run, look again soon; then every FRONT_REFRESH_S.
+        interval = FRONT_REFRESH_S if self._fresh else NO_DATA_WAIT_S
+        if self._refreshed_at is not None and now - self._refreshed_at < interval:
             return None
         if self._refresh_lock.locked():
             return None
@@ -168,12 +179,12 @@ class QueryWorkload:
         except CrateError as error:
             if error.status == TABLE_UNKNOWN_STATUS:
                 # The ingest users have not created the table yet: a true answer ("no data yet"), not a failure.
-                self._account(FRONT_REQUEST_NAME, started, 0, None)
+                self._account(FRONT_QUERY_NAME, started, 0, None)
                 return None
-            self._account(FRONT_REQUEST_NAME, started, 0, error)
+            self._account(FRONT_QUERY_NAME, started, 0, error)
             return str(error) if error.is_auth else None
         rows = answer.get("rows") or []
-        self._account(FRONT_REQUEST_NAME, started, len(rows), None)
+        self._account(FRONT_QUERY_NAME, started, len(rows), None)
         latest = {int(sensor): int(ts) for sensor, ts in rows if ts is not None}
         if self._fresh:
             # A sensor missing from this answer has no row since the look-back; it keeps the latest row seen.

@@ -190,6 +190,7 @@ BAD_FILES = [
     ("unknown-key", _entry(wieght=2), "unknown key 'wieght'"),
     ("no-name", _entry(name=None), '"name"'),
     ("bad-name", _entry(name="two words"), '"name"'),
+    ("reserved-name", _entry(name="data_front"), "data front's own statement"),
     ("no-sql", _entry(sql=""), '"sql"'),
     ("not-a-select", _entry(sql="DELETE FROM {table} WHERE ts >= ?"), "only SELECT"),
     ("too-few-params", _entry(params=[]), "1 placeholders but 0 params"),
