@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from cratedb_double import DoubleProcess, fetch_rows
+from cratedb_double import DoubleProcess, count_rows, fetch_rows
 from support import LiveLocust, free_ports, get_json, post_form, run_locust, sample_sum, scrape, wait_until
 
 from dg_locust.client import CrateHttpClient
@@ -232,3 +232,18 @@ def test_the_queries_tab_and_metrics_show_query_latency_of_a_running_test(tmp_pa
             assert count >= query["requests"] >= 1
             assert sample_sum(samples, "dg_query_failures_total", query=query["name"]) == 0
             assert sample_sum(samples, "dg_rows_inserted_total") > 0
+
+
+def test_in_a_distributed_run_query_users_read_the_sensors_other_workers_write(tmp_path):
+    # Two workers, one user each: one ingests every sensor (query users take no slice), the other only queries.
+    env = {**RUN_ENV, "ID_END": "20", "INGEST_SIZE": "60", "INGEST_MODE": "consecutive", "INGEST_DELTA": "0.1"}
+    with DoubleProcess(tmp_path / "crate.sqlite") as double:
+        args = ["--processes", "2", "--headless", "-u", "2", "-r", "2", "-t", "60s", "-H", double.url]
+        result = run_locust([*args, "--query-users", "1", "--query-rate", "4"], tmp_path, env=env, timeout=90)
+        stored = count_rows(double.db_path, TABLE)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "every sensor has its INGEST_SIZE rows" in result.output  # ended by itself, long before -t
+    assert stored == 20 * 60 == result.summary["inserted"]
+    lines = {match[0]: match for match in QUERY_LINE.findall(result.stdout)}
+    answered = [name for name, line in lines.items() if name != "data_front" and int(line[1]) >= 1]
+    assert answered and all(line[2] == "0" for line in lines.values()), result.stdout[-3000:]
