@@ -10,7 +10,10 @@ The data front is the latest timestamp of every sensor of ``--id-start``..``--id
 every ``FRONT_REFRESH_S`` seconds by one statement (a request named ``data_front``, since it is load on the
 database too) that looks back only from the oldest sensor's latest row, so partitions prune and it stays cheap. A
 front is used once it is ``VISIBILITY_LAG_S`` old: a replica refreshes on its own schedule (1 s by default), so a
-row one shard copy showed is then visible on every copy. Until the table holds rows of this run, query users wait.
+row one shard copy showed is then visible on every copy. Until the table holds rows of this run, query users wait;
+with ``--drop-table`` they also wait (at most ``DROP_WAIT_S``) until an ingest user of their process has dropped and
+created it, so no front is read from the rows about to go. When a sensor the front held is missing from the next
+answer, rows vanished (the table was dropped meanwhile): the front is forgotten and found again.
 Query users need no sensors of their own: in a distributed run they read every sensor, whichever worker writes it.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gevent.lock import Semaphore
@@ -45,6 +49,7 @@ FRONT_REFRESH_S = 2.0
 VISIBILITY_LAG_S = 2.0
 NO_DATA_WAIT_S = 0.5
 NO_DATA_WARNING_S = 30.0
+DROP_WAIT_S = 10.0
 TABLE_UNKNOWN_STATUS = 404
 
 logger = logging.getLogger(__name__)
@@ -75,6 +80,7 @@ class QueryWorkload:
         client: CrateHttpClient,
         ledger: QueryLedger,
         request_event,
+        ingest_prepared: Callable[[], bool] = lambda: True,
         clock=time.monotonic,
     ):
         self.class_name = class_name
@@ -85,6 +91,7 @@ class QueryWorkload:
         self.client = client
         self.ledger = ledger
         self.request_event = request_event
+        self.ingest_prepared = ingest_prepared  # whether an ingest user of this process has prepared the table
         self.clock = clock
         self.rng = random.Random(settings.seed)
         self.front_statement = front_sql(model, self.table)
@@ -97,7 +104,15 @@ class QueryWorkload:
 
     @classmethod
     def create(
-        cls, *, settings: Settings, class_name: str, host: str | None, ledger: QueryLedger, request_event, model_path
+        cls,
+        *,
+        settings: Settings,
+        class_name: str,
+        host: str | None,
+        ledger: QueryLedger,
+        request_event,
+        model_path,
+        ingest_prepared: Callable[[], bool] = lambda: True,
     ) -> QueryWorkload:
         """A workload for the class's own ``model`` (else --model) and its table, with the shipped queries or the
         --queries file's, and an HTTP client checked to reach the database."""
@@ -113,11 +128,14 @@ class QueryWorkload:
             client=client,
             ledger=ledger,
             request_event=request_event,
+            ingest_prepared=ingest_prepared,
         )
 
     # --- the task ---
 
     def run_next(self) -> QueryRun:
+        if self.settings.drop_table and not self.ingest_prepared() and self.clock() - self._started_at < DROP_WAIT_S:
+            return QueryRun(wait_s=NO_DATA_WAIT_S)
         fatal = self._refresh_front_if_due()
         if fatal:
             return QueryRun(fatal=fatal)
@@ -180,6 +198,7 @@ class QueryWorkload:
             if error.status == TABLE_UNKNOWN_STATUS:
                 # The ingest users have not created the table yet: a true answer ("no data yet"), not a failure.
                 self._account(FRONT_QUERY_NAME, started, 0, None)
+                self._forget_front()
                 return None
             self._account(FRONT_QUERY_NAME, started, 0, error)
             return str(error) if error.is_auth else None
@@ -187,13 +206,23 @@ class QueryWorkload:
         self._account(FRONT_QUERY_NAME, started, len(rows), None)
         latest = {int(sensor): int(ts) for sensor, ts in rows if ts is not None}
         if self._fresh:
-            # A sensor missing from this answer has no row since the look-back; it keeps the latest row seen.
             previous = self._fresh[1]
-            for sensor, ts in zip(previous.sensor_ids.tolist(), previous.latest_ms.tolist(), strict=True):
-                latest[sensor] = max(latest.get(sensor, ts), ts)
+            known = previous.sensor_ids.tolist()
+            if any(sensor not in latest for sensor in known):
+                # Each of them has a row at or after the look-back (the oldest of their latest rows) unless rows
+                # vanished: the table was dropped and written anew. Start over from INGEST_TS.
+                self._forget_front()
+                return None
+            # A copy that refreshed later may show an older latest row; the front never moves back.
+            for sensor, ts in zip(known, previous.latest_ms.tolist(), strict=True):
+                latest[sensor] = max(latest[sensor], ts)
         if latest:
             self._fresh = (self.clock(), DataFront(self.model, latest))
         return None
+
+    def _forget_front(self) -> None:
+        self.front = None
+        self._fresh = None
 
     def _promote(self, now: float) -> None:
         if self._fresh and now - self._fresh[0] >= VISIBILITY_LAG_S:

@@ -291,6 +291,7 @@ class RunContext:
                         ledger=self.queries,
                         request_event=self.environment.events.request,
                         model_path=getattr(user_class, "model", None),
+                        ingest_prepared=lambda: bool(self.pipelines),
                     )
                 return self.query_workloads.get(name)
         except (DgError, CrateError) as error:
