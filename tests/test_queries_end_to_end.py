@@ -183,6 +183,26 @@ def test_a_run_is_ingest_only_unless_query_users_are_asked_for(tmp_path):
     assert "dg queries:" not in result.stdout
 
 
+def test_a_run_of_query_users_only_reads_rows_written_before_and_exits_0(run, tmp_path):
+    _, double = run  # the table the module's run wrote
+    args = ["QueryUser", "--headless", "-u", "2", "-r", "2", "-t", "6s", "-H", double.url, "--query-rate", "4"]
+    result = run_locust(args, tmp_path, env=RUN_ENV)
+    assert result.exit_code == 0, result.output[-3000:]  # no rows to acknowledge is no failure here
+    assert "no rows were acknowledged" not in result.output
+    lines = {match[0]: match for match in QUERY_LINE.findall(result.stdout)}
+    answered = [name for name, line in lines.items() if name != "data_front" and int(line[1]) >= 1]
+    assert answered and all(line[2] == "0" for line in lines.values()), result.stdout[-3000:]
+
+
+def test_naming_both_classes_on_the_command_line_splits_users_by_weight(tmp_path):
+    with DoubleProcess(tmp_path / "crate.sqlite") as double:
+        args = ["TemperatureUser", "QueryUser", "--headless", "-u", "4", "-r", "4", "-t", "4s", "-H", double.url]
+        result = run_locust(args, tmp_path)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert '"QueryUser": 2, "TemperatureUser": 2' in result.output
+    assert result.summary["inserted"] > 0
+
+
 BAD_QUERY_FILES = [
     ("missing", None, "file not found"),
     ("not-a-select", [{"name": "wipe", "sql": "DELETE FROM {table}"}], "only SELECT"),
