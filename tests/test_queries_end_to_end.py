@@ -185,7 +185,7 @@ def test_a_run_is_ingest_only_unless_query_users_are_asked_for(tmp_path):
 
 def test_a_run_of_query_users_only_reads_rows_written_before_and_exits_0(run, tmp_path):
     _, double = run  # the table the module's run wrote
-    args = ["QueryUser", "--headless", "-u", "2", "-r", "2", "-t", "6s", "-H", double.url, "--query-rate", "4"]
+    args = ["QueryUser", "--headless", "-u", "2", "-r", "2", "-t", "12s", "-H", double.url, "--query-rate", "4"]
     result = run_locust(args, tmp_path, env=RUN_ENV)
     assert result.exit_code == 0, result.output[-3000:]  # no rows to acknowledge is no failure here
     assert "no rows were acknowledged" not in result.output
