@@ -4,4 +4,4 @@ Run: locust -f locustfile.py -H http://localhost:4200, or, installed, dg-locust 
 (options: see README.md). Everything lives in the package: this file only loads dg_locust/locustfile.py.
 """
 
-from dg_locust.locustfile import TemperatureUser  # noqa: F401  (Locust finds the user classes in this module)
+from dg_locust.locustfile import QueryUser, TemperatureUser  # noqa: F401  (Locust finds the user classes here)

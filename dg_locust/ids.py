@@ -258,7 +258,9 @@ class SensorAssignments:
 
     def _start_book(self, settings) -> None:
         sensors = settings.id_end - settings.id_start + 1
-        parts = max(1, min(self.runner.worker_count, self.runner.target_user_count or 1, sensors))
+        # --query-users are users too, but they read and need no sensors: slice among the ingest users only
+        ingest_users = (self.runner.target_user_count or 1) - settings.query_users
+        parts = max(1, min(self.runner.worker_count, ingest_users, sensors))
         lease = initial_lease_steps(settings, math.ceil(sensors / parts))
         self.book = SliceBook(
             settings.id_start, settings.id_end, parts, lease_steps=lease, ingest_size=settings.ingest_size

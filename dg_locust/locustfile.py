@@ -1,4 +1,4 @@
-"""dg-locust's locustfile: registers the options and the listeners, and declares the default user class.
+"""dg-locust's locustfile: registers the options and the listeners, and declares the user classes.
 
 The ``dg-locust`` command runs Locust with this file; ``locust -f locustfile.py`` from the repository loads the same
 classes and listeners through the thin ``locustfile.py`` there. Listeners attach to the environment's own events at
@@ -11,8 +11,8 @@ from dg_locust.checks import RunChecks
 from dg_locust.metrics import DgMetrics
 from dg_locust.options import add_options
 from dg_locust.run import RunContext
-from dg_locust.users import CrateIngestUser
-from dg_locust.webui import RowsTab
+from dg_locust.users import CrateIngestUser, CrateQueryUser, QueryUserSelection
+from dg_locust.webui import QueriesTab, RowsTab
 
 
 @events.init_command_line_parser.add_listener
@@ -25,8 +25,14 @@ def _register_listeners(environment, runner, **_kwargs):
     context = RunContext.attach(environment, runner)
     DgMetrics.register(environment, context)
     RowsTab.register(environment, context)
+    QueriesTab.register(environment, context)
     RunChecks.register(environment, context)
+    QueryUserSelection.register(environment, context)
 
 
 class TemperatureUser(CrateIngestUser):
     """Sensors of the --model file (by default the shipped temperature model: a fridge temperature and a button)."""
+
+
+class QueryUser(CrateQueryUser):
+    """Time-series queries against the table TemperatureUser writes; opt-in: --query-users N (see users.py)."""

@@ -5,6 +5,7 @@ own ``CollectorRegistry`` (never prometheus-client's global one) holding one col
 the run's cumulative row counters from the ledger, so the counters are exactly the ledger's and never depend on
 Locust's per-report stats resets. Batch latency is the one thing the ledger does not hold: it is collected here from
 Locust's request event into cumulative histograms that workers ship to the master under ``LATENCY_REPORT_KEY``.
+The query workload's series (``dg_query_*``, labelled by query too) are read from the query ledger the same way.
 
 A worker or local run exposes its own process's rows; the master exposes the cluster-wide totals it merges from the
 workers' reports (label ``role``: local, worker or master, so dashboards never add a master's totals to its
@@ -29,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from dg_locust.client import REQUEST_TYPE
+from dg_locust.query_ledger import QueryTally
 from dg_locust.run import RunContext
 
 LATENCY_REPORT_KEY = "dg_latency"
@@ -36,6 +38,10 @@ KUBERNETES_ENV_VAR = "KUBERNETES_SERVICE_HOST"
 # Batch latency in seconds: a small batch on an idle node takes milliseconds, a large one on a busy cluster seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LABELS = ("user_class", "table", "role")
+QUERY_LABELS = ("user_class", "table", "query", "role")
+# Query latency in seconds: a point lookup on an idle node takes a millisecond, an aggregate on a busy cluster seconds.
+# Every bound has 3 significant digits, so the query ledger's rounded latencies fall into the right bucket.
+QUERY_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # (ledger counter, metric name without the _total suffix, help)
 COUNTER_METRICS = (
     ("inserted", "dg_rows_inserted", "Rows CrateDB acknowledged"),
@@ -281,9 +287,30 @@ class _LedgerCollector:
         for (user_class, table), histogram in sorted(metrics.latency_by_class().items()):
             family.add_metric([user_class, table, role], histogram.cumulative_buckets(), histogram.sum)
         yield family
+        yield from query_families(metrics.context.queries.per_query(), role)
         if role == "master":
             workers = GaugeMetricFamily(
                 "dg_workers_reporting", "Workers whose row counters the master totals hold", labels=("role",)
             )
             workers.add_metric([role], len(ledger.worker_reports))
             yield workers
+
+
+def query_families(tallies: list[QueryTally], role: str):
+    """The query workload's series, from the query ledger: latency histogram, failures and rows per query."""
+    latency = HistogramMetricFamily(
+        "dg_query_duration_seconds", "Query latency (request sent to answer), per query", labels=QUERY_LABELS
+    )
+    failures = CounterMetricFamily(
+        "dg_query_failures", "Queries that failed (an error, or fewer rows than the data holds)", labels=QUERY_LABELS
+    )
+    rows = CounterMetricFamily("dg_query_rows", "Rows the queries returned", labels=QUERY_LABELS)
+    for tally in tallies:
+        labels = [tally.user_class, tally.table, tally.query, role]
+        buckets = [(repr(bound), tally.count_at_or_below(bound)) for bound in QUERY_LATENCY_BUCKETS]
+        latency.add_metric(labels, [*buckets, ("+Inf", tally.requests)], tally.seconds)
+        failures.add_metric(labels, tally.failures)
+        rows.add_metric(labels, tally.rows)
+    yield latency
+    yield failures
+    yield rows

@@ -145,6 +145,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Exit with code 3 if the share of rows not acknowledged because of errors (failed, or in doubt from a timeout, "
         "reset or 5xx; not the rows cut off by the stop) is above this (1 = no threshold)",
     ),
+    OptionSpec(
+        "--query-users",
+        "QUERY_USERS",
+        0,
+        "Of the -u users, this many run queries against the table the ingest users write (0 = ingest only)",
+    ),
+    OptionSpec("--query-rate", "QUERY_RATE", 1.0, "Queries per second of each query user (0 = no pause)"),
+    OptionSpec("--queries", "QUERIES_FILE", "", "YAML or JSON file of the queries to run (default: the shipped ones)"),
     OptionSpec("--ca-cert", "CA_CERT", "", "CA bundle to verify the server certificate with (https)"),
     OptionSpec("--no-verify-ssl", "NO_VERIFY_SSL", False, "Do not verify the server certificate (https)", is_flag=True),
 )
@@ -231,6 +239,9 @@ class Settings:
     password: str = field(repr=False)
     ca_cert: str
     verify_ssl: bool
+    query_users: int
+    query_rate: float
+    queries_file: str
 
     @property
     def sensor_count(self) -> int:
@@ -307,6 +318,16 @@ class Settings:
         if not 0 <= max_fail_ratio <= 1:
             raise OptionError(f"--max-fail-ratio / MAX_FAIL_RATIO must be between 0 and 1, got {max_fail_ratio}")
 
+        query_users = _as_int(value("query_users"), "--query-users / QUERY_USERS")
+        if query_users < 0:
+            raise OptionError(f"--query-users / QUERY_USERS must be 0 or more, got {query_users}")
+        query_rate = _as_float(value("query_rate"), "--query-rate / QUERY_RATE")
+        if query_rate < 0:
+            raise OptionError(
+                f"--query-rate / QUERY_RATE must be 0 (no pause) or more queries per second, got {query_rate}"
+            )
+        queries_file = str(value("queries") or "").strip()
+
         seed_text = str(value("seed")).strip().lower()
         seed = None if seed_text in ("", "random", "none") else _as_int(seed_text, "--seed / SEED")
 
@@ -351,6 +372,9 @@ class Settings:
             password=password,
             ca_cert=str(Path(ca_cert).expanduser()) if ca_cert else "",
             verify_ssl=not bool(value("no_verify_ssl")),
+            query_users=query_users,
+            query_rate=query_rate,
+            queries_file=str(Path(queries_file).expanduser()) if queries_file else "",
         )
 
 

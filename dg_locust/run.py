@@ -11,14 +11,15 @@ of Locust's ``contrib`` listeners):
 - ``test_start``: the settings of this test (the ones parsed at init for the first test when the options did not
   change since; parsed again otherwise: the web UI may have changed them, and ``INGEST_TS=now`` must move on),
   a fresh ledger, the sensor assignments, and no pipelines of a previous test;
-- ``report_to_master`` / ``worker_report``: cumulative row counters from workers to the master;
+- ``report_to_master`` / ``worker_report``: cumulative row (and query) counters from workers to the master;
 - ``test_stopping`` on a master: has every worker stop its users and send its final counters (``dg_finish`` /
   ``dg_final``), so the summary holds the last seconds too;
 - ``test_stop``: prints the one-line summary on the master or local runner (and a master's per-worker lines), and
   says why when no row at all was acknowledged (exit code 5);
 - ``quitting``: closes the HTTP pools.
 
-It also owns the pipelines (one per user class in this process), ends the run when every sensor has its
+It also owns the pipelines (one per user class in this process) and the query workloads (one per query user class
+in this process, see ``query_workload``), ends the run when every sensor has its
 ``INGEST_SIZE`` rows, and stops it with one clear message when the database refuses the credentials or cannot be
 reached.
 """
@@ -44,6 +45,9 @@ from dg_locust.ledger import REPORT_KEY, RunLedger
 from dg_locust.model import load_model
 from dg_locust.options import SEED_HOST_ENV_VAR, Settings, parse_hosts
 from dg_locust.pipeline import IngestPipeline
+from dg_locust.query_ledger import REPORT_KEY as QUERY_REPORT_KEY
+from dg_locust.query_ledger import QueryLedger
+from dg_locust.query_workload import QueryWorkload, workload_specs
 from dg_locust.schema import table_for_model
 
 ABORT_MESSAGE = "dg_abort"
@@ -64,6 +68,8 @@ class RunContext:
     - ``ledger``: the row counters of this process (and on a master, every worker's latest report);
     - ``assignments``: which sensors this process owns (``ids``);
     - ``pipelines``: user class name -> its ``IngestPipeline`` in this process, created by the first user;
+    - ``queries``: the query counters of this process (and on a master, every worker's latest report);
+    - ``query_workloads``: query user class name -> its ``QueryWorkload`` in this process;
     - ``stop_reason``: why the run stopped by itself (None while it runs or when a person stopped it);
     - ``settings_built``: how many times ``Settings`` were parsed in this process (once per test).
     """
@@ -77,6 +83,8 @@ class RunContext:
         self.ledger = RunLedger()
         self.assignments = SensorAssignments()
         self.pipelines: dict[str, IngestPipeline] = {}
+        self.queries = QueryLedger()
+        self.query_workloads: dict[str, QueryWorkload] = {}
         self.stop_reason: str | None = None
         self._pipeline_lock = Semaphore()
         self._aborted = False
@@ -181,6 +189,7 @@ class RunContext:
 
     def on_test_start(self, environment, **_kwargs) -> None:
         self.ledger.reset()
+        self.queries.reset()
         self._close_pipelines()
         self._aborted = False
         self._finishing = False
@@ -196,6 +205,7 @@ class RunContext:
 
     def on_test_stop(self, environment, **_kwargs) -> None:
         self.ledger.stopped_at = self.ledger.clock()
+        self.queries.stopped_at = self.queries.clock()
         if self.is_worker:
             return
         print(self.ledger.summary_line(), flush=True)
@@ -206,8 +216,12 @@ class RunContext:
         if self.is_master:
             for line in self.ledger.worker_lines(self.runner.get_worker_index):
                 print(line, flush=True)
+        for line in self.queries.summary_lines(self.ledger.rows_per_s()):
+            print(line, flush=True)
         why = no_rows_reason(totals, self.settings, self.is_master, len(self.ledger.worker_reports))
-        if why and not self._aborted:
+        # A run of query users only (against rows written before) has no rows to acknowledge.
+        queries_only = not self.ledger.per_class() and self.queries.total().requests > 0
+        if why and not self._aborted and not queries_only:
             print(f"dg-locust: no rows were acknowledged: {why}", flush=True)
             logger.error("dg-locust: no rows were acknowledged: %s", why)
             if not self.environment.process_exit_code:
@@ -215,10 +229,13 @@ class RunContext:
 
     def on_report_to_master(self, client_id, data, **_kwargs) -> None:
         data[REPORT_KEY] = self.ledger.local_report()
+        data[QUERY_REPORT_KEY] = self.queries.local_report()
 
     def on_worker_report(self, client_id, data, **_kwargs) -> None:
         if REPORT_KEY in data:
             self.ledger.merge_worker_report(client_id, data[REPORT_KEY])
+        if QUERY_REPORT_KEY in data:
+            self.queries.merge_worker_report(client_id, data[QUERY_REPORT_KEY])
 
     def on_quitting(self, environment, **_kwargs) -> None:
         self._close_pipelines()
@@ -256,6 +273,30 @@ class RunContext:
         for pipeline in self.pipelines.values():
             pipeline.close()
         self.pipelines.clear()
+        for workload in self.query_workloads.values():
+            workload.close()
+        self.query_workloads.clear()
+
+    def start_query_user(self, user_class) -> QueryWorkload | None:
+        """The query workload of a user class in this process, created by its first user; on a problem, stops the
+        run with one message and returns None (as ``start_user``)."""
+        name = user_class.__name__
+        try:
+            with self._pipeline_lock:
+                if name not in self.query_workloads and not self._aborted and self.settings is not None:
+                    self.query_workloads[name] = QueryWorkload.create(
+                        settings=self.settings,
+                        class_name=name,
+                        host=self.environment.host,
+                        ledger=self.queries,
+                        request_event=self.environment.events.request,
+                        model_path=getattr(user_class, "model", None),
+                        ingest_prepared=lambda: bool(self.pipelines),
+                    )
+                return self.query_workloads.get(name)
+        except (DgError, CrateError) as error:
+            self.abort(str(error))
+            return None
 
     # --- run control ---
 
@@ -327,10 +368,10 @@ class RunContext:
             self.runner.stop()  # lets in-flight batches finish (stop timeout), as Locust's own stop would
         data: dict = {}
         self.on_report_to_master(self.runner.client_id, data)
-        self.runner.send_message(FINAL_MESSAGE, data[REPORT_KEY])
+        self.runner.send_message(FINAL_MESSAGE, data)
 
     def _on_final_message(self, environment, msg, **_kwargs) -> None:
-        self.ledger.merge_worker_report(msg.node_id, msg.data)
+        self.on_worker_report(msg.node_id, msg.data)
         self._awaiting_final.discard(msg.node_id)
 
 
@@ -340,14 +381,18 @@ def _is_forked_child(environment) -> bool:
 
 
 def check_model(settings: Settings) -> None:
-    """Load the model and derive its table, so a broken model or table name fails before the first user starts."""
+    """Load the model and derive its table (and read the --queries file), so a broken model, table name or query
+    file fails before the first user starts."""
+    model = load_model(settings.model_path)
     table_for_model(
-        load_model(settings.model_path),
+        model,
         table_option=settings.table,
         partition=settings.partition,
         shards=settings.shards,
         replicas=settings.replicas,
     )
+    if settings.queries_file:
+        workload_specs(model, settings)
 
 
 def no_rows_reason(totals, settings: Settings | None, is_master: bool, workers_reporting: int) -> str | None:

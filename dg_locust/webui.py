@@ -1,4 +1,5 @@
-"""The Rows tab of Locust's web UI: rows per second and row outcomes per user class, in total and per worker.
+"""The Rows and Queries tabs of Locust's web UI: rows per second and row outcomes per user class, in total and per
+worker; and per query, its rate, failures and latency percentiles next to the rows per second.
 
 ``RowsTab.register(environment)`` (from an ``init`` listener; it does nothing where there is no web UI: on workers,
 in headless runs and in ``--processes`` children) declares the tab through Locust's ``extended_tabs`` /
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from flask import request
 
+from dg_locust.query_ledger import QueryTally
 from dg_locust.run import RunContext
 
 TAB_KEY = "dg_rows"
@@ -78,7 +80,7 @@ class RowsTab:
         def add_rows_to_stats(response):
             if request.path.endswith("/stats/requests") and response.is_json:
                 report = response.get_json()
-                report["extended_stats"] = [{"key": TAB_KEY, "data": tab.rows()}]
+                add_extended_stats(report, TAB_KEY, tab.rows())
                 response.set_data(json.dumps(report))
             return response
 
@@ -113,6 +115,13 @@ class RowsTab:
         }
 
 
+def add_extended_stats(report: dict, key: str, rows: list[dict]) -> None:
+    """Put one tab's rows into a /stats/requests report, beside other tabs' (Flask runs the after_request hooks
+    last-registered first) and in place of this tab's earlier rows (Locust caches the report for a moment)."""
+    others = [entry for entry in report.get("extended_stats", []) if entry.get("key") != key]
+    report["extended_stats"] = [*others, {"key": key, "data": rows}]
+
+
 def _worker_totals(report: dict[str, dict]) -> dict:
     """One worker's rows over its user classes (its latest cumulative report)."""
     totals = {
@@ -127,3 +136,77 @@ def _worker_totals(report: dict[str, dict]) -> dict:
 def _worker_label(runner, worker_id: str) -> str:
     host = worker_id.rsplit("_", 1)[0]  # Locust's worker ids are "<hostname>_<uuid hex>"
     return f"worker {runner.get_worker_index(worker_id)} ({host})"
+
+
+QUERIES_TAB_KEY = "dg_queries"
+QUERIES_TAB_TITLE = "Queries"
+QUERY_COLUMNS = (
+    ("name", "Query"),
+    ("queries_per_s", "Queries/s now"),
+    ("requests", "Requests"),
+    ("failures", "Failed"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("rows_per_answer", "Rows per answer"),
+    ("rows_per_s", "Rows inserted/s now"),
+)
+
+
+class QueriesTab:
+    """The Queries tab: one row per query (and user class when several), the total with the rows inserted per
+    second, from the query ledger (see ``query_ledger``); added beside the Rows tab."""
+
+    def __init__(self, environment, context: RunContext, clock: Callable[[], float] = time.monotonic):
+        self.environment = environment
+        self.context = context
+        self.clock = clock
+        self._rates: dict[str, RateMeter] = {}
+
+    @classmethod
+    def register(cls, environment, context: RunContext) -> QueriesTab | None:
+        web_ui = environment.web_ui
+        if web_ui is None:
+            return None
+        tab = cls(environment, context)
+        web_ui.template_args.setdefault("extended_tabs", []).append(
+            {"title": QUERIES_TAB_TITLE, "key": QUERIES_TAB_KEY}
+        )
+        web_ui.template_args.setdefault("extended_tables", []).append(
+            {"key": QUERIES_TAB_KEY, "structure": [{"key": key, "title": title} for key, title in QUERY_COLUMNS]}
+        )
+
+        @web_ui.app.after_request
+        def add_queries_to_stats(response):
+            if request.path.endswith("/stats/requests") and response.is_json:
+                report = response.get_json()
+                add_extended_stats(report, QUERIES_TAB_KEY, tab.rows())
+                response.set_data(json.dumps(report))
+            return response
+
+        return tab
+
+    def rows(self) -> list[dict]:
+        now = self.clock()
+        tallies = self.context.queries.per_query()
+        several = len({t.user_class for t in tallies}) > 1
+        rows = [self._row(f"{t.user_class}/{t.query}" if several else t.query, t, now) for t in tallies]
+        total = self._row(TOTAL, self.context.queries.total(), now)
+        total["rows_per_s"] = round(self._rate("rows inserted", self.context.ledger.totals().inserted, now), 1)
+        return [*rows, total]
+
+    def _row(self, name: str, tally: QueryTally, now: float) -> dict:
+        return {
+            "name": name,
+            "queries_per_s": round(self._rate(f"query:{name}", tally.requests, now), 1),
+            "requests": tally.requests,
+            "failures": tally.failures,
+            "p50_ms": tally.percentile_ms(0.5),
+            "p95_ms": tally.percentile_ms(0.95),
+            "p99_ms": tally.percentile_ms(0.99),
+            "rows_per_answer": round(tally.rows_per_answer, 1),
+            "rows_per_s": "",
+        }
+
+    def _rate(self, key: str, value: float, now: float) -> float:
+        return self._rates.setdefault(key, RateMeter()).update(now, value)

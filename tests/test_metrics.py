@@ -16,6 +16,7 @@ from support import PROJECT_DIR, LiveLocust, free_ports, get, sample_sum, scrape
 from dg_locust.client import InsertOutcome
 from dg_locust.ledger import RunLedger
 from dg_locust.metrics import LATENCY_BUCKETS, DgMetrics, LatencyHistogram, metrics_port, shares_host
+from dg_locust.query_ledger import QueryLedger
 
 TABLE = "doc.temperature"
 
@@ -69,7 +70,7 @@ def _fake_environment(ledger):
 
 
 def _metrics(environment, ledger) -> DgMetrics:
-    return DgMetrics(environment, SimpleNamespace(ledger=ledger, pipelines={}))
+    return DgMetrics(environment, SimpleNamespace(ledger=ledger, pipelines={}, queries=QueryLedger()))
 
 
 def test_each_process_has_its_own_registry_and_counters_read_the_ledger():

@@ -56,7 +56,19 @@ def test_the_cycle_check_finds_a_cycle():
 def test_lower_layers_do_not_import_the_run_or_its_listeners():
     graph = _graph()
     upper = {"run", "users", "locustfile", "cli", "checks", "metrics", "webui"}
-    for lower in ("errors", "model", "generator", "batch", "schema", "options", "client", "feed", "ledger", "pipeline"):
+    lower_layers = (
+        "errors",
+        "model",
+        "generator",
+        "batch",
+        "schema",
+        "options",
+        "client",
+        "feed",
+        "ledger",
+        "pipeline",
+    )
+    for lower in (*lower_layers, "queries", "query_ledger", "query_workload"):
         assert not graph.get(lower, set()) & upper, f"{lower} imports {graph[lower] & upper}"
 
 
