@@ -11,7 +11,17 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from cratedb_double import DoubleProcess, count_rows, fetch_rows
-from support import LiveLocust, free_ports, get_json, post_form, run_locust, sample_sum, scrape, wait_until
+from support import (
+    LiveLocust,
+    free_port,
+    free_ports,
+    get_json,
+    post_form,
+    run_locust,
+    sample_sum,
+    scrape,
+    wait_until,
+)
 
 from dg_locust.client import CrateHttpClient
 from dg_locust.model import load_model
@@ -259,6 +269,8 @@ def test_in_a_distributed_run_query_users_read_the_sensors_other_workers_write(t
     env = {**RUN_ENV, "ID_END": "20", "INGEST_SIZE": "60", "INGEST_MODE": "consecutive", "INGEST_DELTA": "0.1"}
     with DoubleProcess(tmp_path / "crate.sqlite") as double:
         args = ["--processes", "2", "--headless", "-u", "2", "-r", "2", "-t", "60s", "-H", double.url]
+        port = free_port()  # not Locust's default 5557, which another run on this host may hold
+        args += ["--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--master-port", str(port)]
         result = run_locust([*args, "--query-users", "1", "--query-rate", "4"], tmp_path, env=env, timeout=90)
         stored = count_rows(double.db_path, TABLE)
     assert result.exit_code == 0, result.output[-3000:]
