@@ -8,9 +8,11 @@ classes and listeners through the thin ``locustfile.py`` there. Listeners attach
 from locust import events
 
 from dg_locust.checks import RunChecks
+from dg_locust.history import HistoryRecorder
 from dg_locust.metrics import DgMetrics
 from dg_locust.options import add_options
 from dg_locust.run import RunContext
+from dg_locust.status import RunStatus
 from dg_locust.users import CrateIngestUser
 from dg_locust.webui import RowsTab
 
@@ -24,7 +26,9 @@ def _register_options(parser, **_kwargs):
 def _register_listeners(environment, runner, **_kwargs):
     context = RunContext.attach(environment, runner)
     DgMetrics.register(environment, context)
-    RowsTab.register(environment, context)
+    status = RunStatus.register(environment, context)
+    history = HistoryRecorder.register(environment, context).history
+    RowsTab.register(environment, context, history, status)
     RunChecks.register(environment, context)
 
 
