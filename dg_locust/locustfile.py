@@ -11,6 +11,7 @@ from dg_locust.checks import RunChecks
 from dg_locust.history import HistoryRecorder
 from dg_locust.metrics import DgMetrics
 from dg_locust.options import add_options
+from dg_locust.report import RunReport
 from dg_locust.run import RunContext
 from dg_locust.status import RunStatus
 from dg_locust.users import CrateIngestUser
@@ -30,6 +31,7 @@ def _register_listeners(environment, runner, **_kwargs):
     history = HistoryRecorder.register(environment, context).history
     RowsTab.register(environment, context, history, status)
     RunChecks.register(environment, context)
+    RunReport.register(environment, context, history, status)
 
 
 class TemperatureUser(CrateIngestUser):

@@ -145,6 +145,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Exit with code 3 if the share of rows not acknowledged because of errors (failed, or in doubt from a timeout, "
         "reset or 5xx; not the rows cut off by the stop) is above this (1 = no threshold)",
     ),
+    OptionSpec(
+        "--rows-report",
+        "ROWS_REPORT",
+        "",
+        "At the end of each test, write a self-contained HTML report of the rows (charts, summary, thresholds) to "
+        "this file, and its main chart as a PNG beside it",
+        in_web_ui=False,
+    ),
+    OptionSpec(
+        "--summary-json",
+        "SUMMARY_JSON",
+        "",
+        "At the end of each test, write the run's summary (the dg summary line and more) as JSON to this file",
+        in_web_ui=False,
+    ),
     OptionSpec("--ca-cert", "CA_CERT", "", "CA bundle to verify the server certificate with (https)"),
     OptionSpec("--no-verify-ssl", "NO_VERIFY_SSL", False, "Do not verify the server certificate (https)", is_flag=True),
 )
@@ -231,6 +246,8 @@ class Settings:
     password: str = field(repr=False)
     ca_cert: str
     verify_ssl: bool
+    rows_report: str = ""  # file paths; empty: not written
+    summary_json: str = ""
 
     @property
     def sensor_count(self) -> int:
@@ -323,6 +340,9 @@ class Settings:
         if ca_cert and not Path(ca_cert).expanduser().is_file():
             raise OptionError(f"--ca-cert / CA_CERT: no such file {ca_cert!r}; give a PEM file of CA certificates")
 
+        rows_report = _output_file(value("rows_report"), "--rows-report / ROWS_REPORT")
+        summary_json = _output_file(value("summary_json"), "--summary-json / SUMMARY_JSON")
+
         return cls(
             model_path=resolve_model_path(str(value("model"))),
             table=table,
@@ -351,6 +371,8 @@ class Settings:
             password=password,
             ca_cert=str(Path(ca_cert).expanduser()) if ca_cert else "",
             verify_ssl=not bool(value("no_verify_ssl")),
+            rows_report=rows_report,
+            summary_json=summary_json,
         )
 
 
@@ -364,6 +386,14 @@ def resolve_model_path(text: str) -> Path:
         if shipped.is_file():
             return shipped
     return path
+
+
+def _output_file(raw, name: str) -> str:
+    """A file a report is written to ("" for none); never a directory."""
+    text = str(raw or "").strip()
+    if text and Path(text).expanduser().is_dir():
+        raise OptionError(f"{name} is a directory ({text!r}); give a file name such as out/report.html")
+    return str(Path(text).expanduser()) if text else ""
 
 
 def _parse_batch_size(raw) -> int | None:
