@@ -289,13 +289,15 @@ def _meta(summary: dict, host: str) -> str:
 
 def _verdict(summary: dict) -> str:
     lines = []
-    thresholds = summary.get("thresholds")
+    thresholds, reason = summary.get("thresholds"), summary.get("stop_reason")
     if thresholds:
         level = "success" if thresholds["passed"] else "error"
         lines.append(f'<div class="dg-verdict dg-{level}" id="dg-verdict">{_e(thresholds["line"])}</div>')
+    elif reason and reason["error"]:
+        text = "The thresholds were not checked: an error stopped the run."
+        lines.append(f'<div class="dg-verdict dg-error" id="dg-verdict">{text}</div>')
     else:
         lines.append('<div class="dg-verdict dg-info" id="dg-verdict">No thresholds were set.</div>')
-    reason = summary.get("stop_reason")
     if reason:
         level = "error" if reason["error"] else "success"
         text = f"The run stopped by itself: {reason['message']}"

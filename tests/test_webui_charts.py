@@ -123,12 +123,15 @@ def _wait_for_text(browser: Browser, selector: str, wanted: str, process, timeou
         if wanted in text:
             return text
         time.sleep(0.25)
-    raise AssertionError(f"{selector} never said {wanted!r}; it said {text!r}\n{process.output[-3000:]}")
+    page = browser.evaluate("document.body.innerText.slice(0, 300)")
+    raise AssertionError(f"{selector} never said {wanted!r}; it said {text!r}\npage: {page}\n{process.output[-3000:]}")
 
 
 def test_the_page_says_why_rows_fail_and_why_the_run_stopped_when_the_database_goes_away(local_ui):
     web = local_ui.web
     assert post_form(f"{web}/swarm", {"user_count": 2, "spawn_rate": 2, "host": local_ui.double.url})["success"]
+    # a page loaded before the runner left "ready" keeps showing the start form (Locust's UI polls only while running)
+    assert wait_until(lambda: get_json(f"{web}/stats/requests")["state"] == "running", timeout=30)
     with Browser(local_ui.workdir) as browser:
         browser.goto(f"{web}/?tab=dg_rows")
         _wait_for_text(browser, "#dg-status-line", "Running", local_ui.process)
