@@ -8,9 +8,12 @@ classes and listeners through the thin ``locustfile.py`` there. Listeners attach
 from locust import events
 
 from dg_locust.checks import RunChecks
+from dg_locust.history import HistoryRecorder
 from dg_locust.metrics import DgMetrics
 from dg_locust.options import add_options
+from dg_locust.report import RunReport
 from dg_locust.run import RunContext
+from dg_locust.status import RunStatus
 from dg_locust.users import CrateIngestUser, CrateQueryUser, QueryUserSelection
 from dg_locust.webui import QueriesTab, RowsTab
 
@@ -24,9 +27,12 @@ def _register_options(parser, **_kwargs):
 def _register_listeners(environment, runner, **_kwargs):
     context = RunContext.attach(environment, runner)
     DgMetrics.register(environment, context)
-    RowsTab.register(environment, context)
+    status = RunStatus.register(environment, context)
+    history = HistoryRecorder.register(environment, context).history
+    RowsTab.register(environment, context, history, status)
     QueriesTab.register(environment, context)
     RunChecks.register(environment, context)
+    RunReport.register(environment, context, history, status)
     QueryUserSelection.register(environment, context)
 
 

@@ -153,6 +153,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("--query-rate", "QUERY_RATE", 1.0, "Queries per second of each query user (0 = no pause)"),
     OptionSpec("--queries", "QUERIES_FILE", "", "YAML or JSON file of the queries to run (default: the shipped ones)"),
+    OptionSpec(
+        "--rows-report",
+        "ROWS_REPORT",
+        "",
+        "At the end of each test, write a self-contained HTML report of the rows (charts, summary, thresholds) to "
+        "this file, and its main chart as a PNG beside it",
+        in_web_ui=False,
+    ),
+    OptionSpec(
+        "--summary-json",
+        "SUMMARY_JSON",
+        "",
+        "At the end of each test, write the run's summary (the dg summary line and more) as JSON to this file",
+        in_web_ui=False,
+    ),
     OptionSpec("--ca-cert", "CA_CERT", "", "CA bundle to verify the server certificate with (https)"),
     OptionSpec("--no-verify-ssl", "NO_VERIFY_SSL", False, "Do not verify the server certificate (https)", is_flag=True),
 )
@@ -242,6 +257,8 @@ class Settings:
     query_users: int
     query_rate: float
     queries_file: str
+    rows_report: str = ""  # file paths; empty: not written
+    summary_json: str = ""
 
     @property
     def sensor_count(self) -> int:
@@ -344,6 +361,9 @@ class Settings:
         if ca_cert and not Path(ca_cert).expanduser().is_file():
             raise OptionError(f"--ca-cert / CA_CERT: no such file {ca_cert!r}; give a PEM file of CA certificates")
 
+        rows_report = _output_file(value("rows_report"), "--rows-report / ROWS_REPORT")
+        summary_json = _output_file(value("summary_json"), "--summary-json / SUMMARY_JSON")
+
         return cls(
             model_path=resolve_model_path(str(value("model"))),
             table=table,
@@ -375,6 +395,8 @@ class Settings:
             query_users=query_users,
             query_rate=query_rate,
             queries_file=str(Path(queries_file).expanduser()) if queries_file else "",
+            rows_report=rows_report,
+            summary_json=summary_json,
         )
 
 
@@ -388,6 +410,14 @@ def resolve_model_path(text: str) -> Path:
         if shipped.is_file():
             return shipped
     return path
+
+
+def _output_file(raw, name: str) -> str:
+    """A file a report is written to ("" for none); never a directory."""
+    text = str(raw or "").strip()
+    if text and Path(text).expanduser().is_dir():
+        raise OptionError(f"{name} is a directory ({text!r}); give a file name such as out/report.html")
+    return str(Path(text).expanduser()) if text else ""
 
 
 def _parse_batch_size(raw) -> int | None:

@@ -55,6 +55,7 @@ EXHAUSTED_MESSAGE = "dg_exhausted"
 FINISH_MESSAGE = "dg_finish"  # master -> workers: stop your users and send your final counters
 FINAL_MESSAGE = "dg_final"  # worker -> master: the final counters
 FINAL_REPORT_GRACE_S = 5.0
+INGEST_SIZE_REACHED = "every sensor has its INGEST_SIZE rows"  # the stop_reason of a run that is done, not failed
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ class RunContext:
         if self.is_worker:
             self.runner.send_message(EXHAUSTED_MESSAGE, self.assignments.exhausted_report())
         else:
-            self.stop_reason = "every sensor has its INGEST_SIZE rows"
+            self.stop_reason = INGEST_SIZE_REACHED
             logger.info("dg-locust: every sensor has its INGEST_SIZE rows; ending the test")
             self._end_run()
 
@@ -341,7 +342,7 @@ class RunContext:
     def _on_exhausted_message(self, environment, msg, **_kwargs) -> None:
         if self.is_master and self.assignments.slice_exhausted(msg.node_id, msg.data) and not self._finishing:
             self._finishing = True
-            self.stop_reason = "every sensor has its INGEST_SIZE rows"
+            self.stop_reason = INGEST_SIZE_REACHED
             logger.info("dg-locust: every sensor has its INGEST_SIZE rows; ending the test")
             self._end_run()
 

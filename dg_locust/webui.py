@@ -1,12 +1,22 @@
-"""The Rows and Queries tabs of Locust's web UI: rows per second and row outcomes per user class, in total and per
-worker; and per query, its rate, failures and latency percentiles next to the rows per second.
+"""The web UI: Locust's own UI with a Rows tab of charts (rows/s, batch size, latency), a table and a status line;
+and a Queries tab (per query: its rate, failures and latency percentiles next to the rows inserted per second).
 
-``RowsTab.register(environment)`` (from an ``init`` listener; it does nothing where there is no web UI: on workers,
-in headless runs and in ``--processes`` children) declares the tab through Locust's ``extended_tabs`` /
-``extended_tables`` template arguments and delivers its rows as ``extended_stats`` in ``/stats/requests``, which the
-page polls every two seconds, so the tab updates live like the built-in ones. The figures come from the ledger (the
-master's holds every worker's latest cumulative report); "rows/s now" is the rate of rows inserted over the last
-``RATE_WINDOW_S`` seconds, measured between polls.
+``RowsTab.register(environment, context, history, status)`` (from an ``init`` listener; it does nothing where there
+is no web UI: on workers, in headless runs and in ``--processes`` children):
+
+- serves the page in ``dg_locust/web_assets/`` instead of Locust's ``index.html``: Locust's UI as Locust publishes it
+  for extension (the npm package ``locust-ui``), with a Rows tab whose charts are that package's own line charts.
+  Its source is ``webui/``; rebuild the committed bundle with ``npm --prefix webui ci && npm --prefix webui run
+  build``. A UI of your own given with Locust's ``--build-path`` wins;
+- answers ``/dg/rows?since=T``: the tab's table, the status line, and the history samples taken after ``T`` (the tab
+  polls it every 2 s, and takes the whole history on its first call, so the charts survive a page reload), and
+  ``/dg/status``: the status line alone (a banner on every tab polls it);
+- adds the table to ``/stats/requests`` as ``extended_stats`` (key ``dg_rows``), Locust's extension point for tabs,
+  and declares the tab in ``extended_tabs`` / ``extended_tables``, so Locust's stock page shows the table too.
+
+The table's rows are one per user class, the total and (on a master) one per worker; counts come from the ledger
+(the master's holds every worker's latest cumulative report), "rows/s now" from the history: the rate over the last
+10 s as the master has it, from the first look on.
 """
 
 from __future__ import annotations
@@ -17,11 +27,15 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
-from flask import request
+from flask import jsonify, request, send_from_directory
+from jinja2 import ChoiceLoader, FileSystemLoader
 
+from dg_locust.history import TOTAL, RunHistory, worker_label
 from dg_locust.query_ledger import QueryTally
 from dg_locust.run import RunContext
+from dg_locust.status import RunStatus
 
 TAB_KEY = "dg_rows"
 TAB_TITLE = "Rows"
@@ -34,8 +48,136 @@ COLUMNS = (
     ("batch_size", "Batch size"),
     ("best_batch_size", "Best batch size"),
 )
+TOTAL_NAME = "Total"
+WEB_ASSETS_DIR = Path(__file__).resolve().parent / "web_assets"
+
+
+class RowsTab:
+    """The Rows tab's data and the routes that serve it and the page."""
+
+    def __init__(
+        self,
+        environment,
+        context: RunContext,
+        history: RunHistory,
+        status: RunStatus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.environment = environment
+        self.context = context
+        self.history = history
+        self.status = status
+        self.clock = clock
+
+    @classmethod
+    def register(cls, environment, context: RunContext, history: RunHistory, status: RunStatus) -> RowsTab | None:
+        web_ui = environment.web_ui
+        if web_ui is None:
+            return None
+        tab = cls(environment, context, history, status)
+        web_ui.template_args.setdefault("extended_tabs", []).append({"title": TAB_TITLE, "key": TAB_KEY})
+        web_ui.template_args.setdefault("extended_tables", []).append(
+            {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in COLUMNS]}
+        )
+        options = environment.parsed_options
+        base = (getattr(options, "web_base_path", "") or "").rstrip("/")
+        app = web_ui.app
+        if not getattr(options, "build_path", None) and (WEB_ASSETS_DIR / "index.html").is_file():
+            # Our index.html first; Locust's templates (auth.html, its report) still come from Locust.
+            app.jinja_env.loader = ChoiceLoader([FileSystemLoader(str(WEB_ASSETS_DIR)), app.jinja_env.loader])
+
+        @app.route(f"{base}/dg/assets/<path:path>")
+        def dg_assets(path):
+            return send_from_directory(WEB_ASSETS_DIR / "dg" / "assets", path)
+
+        @app.route(f"{base}/dg/rows")
+        @web_ui.auth_required_if_enabled
+        def dg_rows():
+            return jsonify(tab.page_data(_since(request.args.get("since"))))
+
+        @app.route(f"{base}/dg/status")
+        @web_ui.auth_required_if_enabled
+        def dg_status():
+            return jsonify({"status": tab.status.line().as_dict(), "started_at": tab.history.started_at})
+
+        @app.after_request
+        def add_rows_to_stats(response):
+            if request.path.endswith("/stats/requests") and response.is_json:
+                report = response.get_json()
+                add_extended_stats(report, TAB_KEY, tab.rows())
+                response.set_data(json.dumps(report))
+            return response
+
+        return tab
+
+    def page_data(self, since: float | None) -> dict:
+        runner = self.environment.runner
+        return {
+            "state": runner.state if runner is not None else None,
+            "status": self.status.line().as_dict(),
+            "columns": [{"key": key, "title": title} for key, title in COLUMNS],
+            "rows": self.rows(),
+            "history": self.history.export(since),
+        }
+
+    def rows(self) -> list[dict]:
+        ledger = self.context.ledger
+        rates = self.history.current(self.clock())
+        rows = [
+            self._row(name, counters, rates.get(f"class:{name}"))
+            for name, counters in sorted(ledger.per_class().items())
+        ]
+        total = {key: sum(row[key] for row in rows) for key in ("inserted", "failed", "in_doubt")}
+        total["batch_size"] = max((row["batch_size"] for row in rows), default=0)
+        total["best_batch_size"] = max((row["best_batch_size"] for row in rows), default=0)
+        rows.append(self._row(TOTAL_NAME, total, rates.get(TOTAL)))
+        runner = self.environment.runner
+        if isinstance(runner, MasterRunner):
+            workers = sorted(ledger.worker_reports.items(), key=lambda item: runner.get_worker_index(item[0]))
+            for worker_id, report in workers:
+                label = worker_label(runner, worker_id)
+                rows.append(self._row(label, _worker_totals(report), rates.get(f"worker:{worker_id}")))
+        return rows
+
+    @staticmethod
+    def _row(name: str, counters: dict, rates: dict | None) -> dict:
+        return {
+            "name": name,
+            "rows_per_s": round((rates or {}).get("inserted_per_s", 0.0), 1),
+            "inserted": int(counters.get("inserted", 0)),
+            "failed": int(counters.get("failed", 0)),
+            "in_doubt": int(counters.get("in_doubt", 0)),
+            "batch_size": int(counters.get("batch_size", 0)),
+            "best_batch_size": int(counters.get("best_batch_size", 0)),
+        }
+
+
+def _worker_totals(report: dict[str, dict]) -> dict:
+    """One worker's rows over its user classes (its latest cumulative report)."""
+    totals = {
+        key: sum(int(counters.get(key, 0)) for counters in report.values())
+        for key in ("inserted", "failed", "in_doubt")
+    }
+    for key in ("batch_size", "best_batch_size"):
+        totals[key] = max((int(counters.get(key, 0)) for counters in report.values()), default=0)
+    return totals
+
+
+def _since(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def add_extended_stats(report: dict, key: str, rows: list[dict]) -> None:
+    """Put one tab's rows into a /stats/requests report, beside other tabs' (Flask runs the after_request hooks
+    last-registered first) and in place of this tab's earlier rows (Locust caches the report for a moment)."""
+    others = [entry for entry in report.get("extended_stats", []) if entry.get("key") != key]
+    report["extended_stats"] = [*others, {"key": key, "data": rows}]
+
+
 RATE_WINDOW_S = 10.0
-TOTAL = "Total"
 
 
 class RateMeter:
@@ -54,88 +196,6 @@ class RateMeter:
             self._samples.popleft()
         first_time, first_value = self._samples[0]
         return (value - first_value) / (now - first_time) if now > first_time else 0.0
-
-
-class RowsTab:
-    """The rows of the tab: one per user class, the total, and (on a master) one per worker."""
-
-    def __init__(self, environment, context: RunContext, clock: Callable[[], float] = time.monotonic):
-        self.environment = environment
-        self.context = context
-        self.clock = clock
-        self._rates: dict[str, RateMeter] = {}
-
-    @classmethod
-    def register(cls, environment, context: RunContext) -> RowsTab | None:
-        web_ui = environment.web_ui
-        if web_ui is None:
-            return None
-        tab = cls(environment, context)
-        web_ui.template_args["extended_tabs"] = [{"title": TAB_TITLE, "key": TAB_KEY}]
-        web_ui.template_args["extended_tables"] = [
-            {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in COLUMNS]}
-        ]
-
-        @web_ui.app.after_request
-        def add_rows_to_stats(response):
-            if request.path.endswith("/stats/requests") and response.is_json:
-                report = response.get_json()
-                add_extended_stats(report, TAB_KEY, tab.rows())
-                response.set_data(json.dumps(report))
-            return response
-
-        return tab
-
-    def rows(self) -> list[dict]:
-        ledger = self.context.ledger
-        now = self.clock()
-        rows = [self._row(name, counters, now) for name, counters in sorted(ledger.per_class().items())]
-        total = {key: sum(row[key] for row in rows) for key in ("inserted", "failed", "in_doubt")}
-        total["batch_size"] = max((row["batch_size"] for row in rows), default=0)
-        total["best_batch_size"] = max((row["best_batch_size"] for row in rows), default=0)
-        rows.append(self._row(TOTAL, total, now))
-        runner = self.environment.runner
-        if isinstance(runner, MasterRunner):
-            workers = sorted(ledger.worker_reports.items(), key=lambda item: runner.get_worker_index(item[0]))
-            for worker_id, report in workers:
-                rows.append(self._row(_worker_label(runner, worker_id), _worker_totals(report), now, key=worker_id))
-        return rows
-
-    def _row(self, name: str, counters: dict, now: float, key: str | None = None) -> dict:
-        inserted = int(counters.get("inserted", 0))
-        meter = self._rates.setdefault(key or f"class:{name}", RateMeter())
-        return {
-            "name": name,
-            "rows_per_s": round(meter.update(now, inserted), 1),
-            "inserted": inserted,
-            "failed": int(counters.get("failed", 0)),
-            "in_doubt": int(counters.get("in_doubt", 0)),
-            "batch_size": int(counters.get("batch_size", 0)),
-            "best_batch_size": int(counters.get("best_batch_size", 0)),
-        }
-
-
-def add_extended_stats(report: dict, key: str, rows: list[dict]) -> None:
-    """Put one tab's rows into a /stats/requests report, beside other tabs' (Flask runs the after_request hooks
-    last-registered first) and in place of this tab's earlier rows (Locust caches the report for a moment)."""
-    others = [entry for entry in report.get("extended_stats", []) if entry.get("key") != key]
-    report["extended_stats"] = [*others, {"key": key, "data": rows}]
-
-
-def _worker_totals(report: dict[str, dict]) -> dict:
-    """One worker's rows over its user classes (its latest cumulative report)."""
-    totals = {
-        key: sum(int(counters.get(key, 0)) for counters in report.values())
-        for key in ("inserted", "failed", "in_doubt")
-    }
-    for key in ("batch_size", "best_batch_size"):
-        totals[key] = max((int(counters.get(key, 0)) for counters in report.values()), default=0)
-    return totals
-
-
-def _worker_label(runner, worker_id: str) -> str:
-    host = worker_id.rsplit("_", 1)[0]  # Locust's worker ids are "<hostname>_<uuid hex>"
-    return f"worker {runner.get_worker_index(worker_id)} ({host})"
 
 
 QUERIES_TAB_KEY = "dg_queries"
@@ -191,7 +251,7 @@ class QueriesTab:
         tallies = self.context.queries.per_query()
         several = len({t.user_class for t in tallies}) > 1
         rows = [self._row(f"{t.user_class}/{t.query}" if several else t.query, t, now) for t in tallies]
-        total = self._row(TOTAL, self.context.queries.total(), now)
+        total = self._row(TOTAL_NAME, self.context.queries.total(), now)
         total["rows_per_s"] = round(self._rate("rows inserted", self.context.ledger.totals().inserted, now), 1)
         return [*rows, total]
 

@@ -12,8 +12,9 @@ from cratedb_double import DoubleProcess, count_rows
 from support import LiveLocust, free_ports, get, get_json, post_form, wait_until
 
 from dg_locust.client import InsertOutcome
+from dg_locust.history import LOCAL, RunHistory
 from dg_locust.ledger import RunLedger
-from dg_locust.webui import TAB_KEY, TAB_TITLE, RateMeter, RowsTab
+from dg_locust.webui import TAB_KEY, TAB_TITLE, RowsTab
 
 TABLE = "doc.temperature"
 SECRET = "pw-that-must-not-show"
@@ -23,41 +24,32 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # --- pure parts ---
 
 
-def test_rate_meter_measures_over_its_window_and_restarts_with_the_counter():
-    meter = RateMeter(window_s=10)
-    assert meter.update(0.0, 0) == 0.0
-    assert meter.update(2.0, 2000) == 1000.0
-    assert meter.update(4.0, 6000) == 1500.0  # (6000 - 0) / 4 s
-    assert meter.update(16.0, 6000) == pytest.approx(0.0)  # nothing new in the last 10 s
-    assert meter.update(17.0, 500) == 0.0  # a new test: the counter starts again
-
-
-def test_rows_have_one_line_per_user_class_and_a_total():
+def test_rows_have_one_line_per_user_class_and_a_total_with_the_history_rate_from_the_first_look():
     ledger = RunLedger()
     ledger.reset()
     ledger.for_class("A").record(InsertOutcome(100, 5, 1))
     ledger.for_class("A").batch_size = 400
     ledger.for_class("B").record(InsertOutcome(50, 0, 0))
     ledger.for_class("B").best_batch_size = 800
-    clock = SimpleNamespace(now=0.0)
+    history = RunHistory()
+    history.reset(0.0)
+    history.observe(LOCAL, "A", 2.0, ledger.for_class("A").as_report())
+    history.observe(LOCAL, "B", 2.0, ledger.for_class("B").as_report())
     environment = SimpleNamespace(runner=None, web_ui=None)
-    tab = RowsTab(environment, SimpleNamespace(ledger=ledger), clock=lambda: clock.now)
-    tab.rows()
-    ledger.for_class("A").record(InsertOutcome(200, 0, 0))
-    clock.now = 2.0
+    tab = RowsTab(environment, SimpleNamespace(ledger=ledger), history, status=None, clock=lambda: 2.0)
     rows = {row["name"]: row for row in tab.rows()}
     assert list(rows) == ["A", "B", "Total"]
     assert rows["A"] == {
         "name": "A",
-        "rows_per_s": 100.0,
-        "inserted": 300,
+        "rows_per_s": 50.0,  # 100 rows in the 2 s since the test started: no 0.0 on the first look
+        "inserted": 100,
         "failed": 5,
         "in_doubt": 1,
         "batch_size": 400,
         "best_batch_size": 0,
     }
-    assert (rows["Total"]["inserted"], rows["Total"]["failed"], rows["Total"]["in_doubt"]) == (350, 5, 1)
-    assert rows["Total"]["rows_per_s"] == 100.0
+    assert (rows["Total"]["inserted"], rows["Total"]["failed"], rows["Total"]["in_doubt"]) == (150, 5, 1)
+    assert rows["Total"]["rows_per_s"] == 75.0
     assert (rows["Total"]["batch_size"], rows["Total"]["best_batch_size"]) == (400, 800)
 
 
@@ -123,6 +115,7 @@ def test_forked_workers_serve_metrics_on_the_next_ports_from_init(master):
 def test_rows_tab_of_a_running_master_shows_rows_per_class_in_total_and_per_worker(master):
     page = get(f"{master.web}/").decode()
     assert f'"key": "{TAB_KEY}"' in page and f'"title": "{TAB_TITLE}"' in page and "Rows inserted" in page
+    assert "dg/assets/dg-webui.js" in page  # Locust's UI with the Rows tab's charts, not Locust's stock page
     assert SECRET not in page  # Locust writes option values into the page; the password stays out
     _start_once(master)
 
@@ -181,5 +174,6 @@ def test_chromium_renders_the_rows_tab_with_the_stored_rows(master, tmp_path):
     table.feed(dom)
     rows = {cells[0]: cells for cells in table.rows if cells}
     assert rows.get("Rows of", [])[:3] == ["Rows of", "Rows/s now", "Rows inserted"], dom[-2000:]
-    assert rows["TemperatureUser"][2] == rows["Total"][2] == str(stored)
+    assert rows["TemperatureUser"][2] == rows["Total"][2] == f"{stored:,}"  # with thousands separators
+    assert stored >= 1000 and "," in rows["Total"][2]
     assert sorted(name.split(" (")[0] for name in rows if name.startswith("worker ")) == ["worker 0", "worker 1"]
