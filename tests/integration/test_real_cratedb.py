@@ -80,7 +80,9 @@ def assert_exactly(table, result, *, first: int, last: int, size: int) -> None:
 @pytest.mark.parametrize("method", ["bulk", "unnest"])
 def test_a_timed_run_stores_what_it_acknowledged_and_verify_agrees(db, new_table, record_run, tmp_path, method):
     table = new_table()
+    # A batch left in doubt by a busy node makes Locust exit 1; what counts here is what the database kept.
     args = ["-u", "4", "-r", "4", "-t", "12s", "--id-end", "100", "--insert-method", method]
+    args += ["--exit-code-on-error", "0"]
     result = dg_locust(db, tmp_path, *args, "--table", table.option, "--verify")
     assert_stored_as_acknowledged(table, result, sensors=100)
     record_run(method, result, table.count())
