@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from weakref import WeakKeyDictionary
 
 import gevent
@@ -45,6 +45,9 @@ from dg_locust.model import load_model
 from dg_locust.options import SEED_HOST_ENV_VAR, Settings, parse_hosts
 from dg_locust.pipeline import IngestPipeline
 from dg_locust.schema import table_for_model
+
+if TYPE_CHECKING:
+    from dg_locust.capacity_shape import CapacityShape
 
 ABORT_MESSAGE = "dg_abort"
 EXHAUSTED_MESSAGE = "dg_exhausted"
@@ -65,6 +68,8 @@ class RunContext:
     - ``assignments``: which sensors this process owns (``ids``);
     - ``pipelines``: user class name -> its ``IngestPipeline`` in this process, created by the first user;
     - ``stop_reason``: why the run stopped by itself (None while it runs or when a person stopped it);
+    - ``capacity``: the capacity finder's load shape on a master or local runner (``capacity_shape``; it holds the
+      result of the last test it ran), None on workers and before it is registered;
     - ``settings_built``: how many times ``Settings`` were parsed in this process (once per test).
     """
 
@@ -78,6 +83,7 @@ class RunContext:
         self.assignments = SensorAssignments()
         self.pipelines: dict[str, IngestPipeline] = {}
         self.stop_reason: str | None = None
+        self.capacity: CapacityShape | None = None
         self._pipeline_lock = Semaphore()
         self._aborted = False
         self._finishing = False
