@@ -5,7 +5,9 @@ in headless runs and in ``--processes`` children) declares the tab through Locus
 ``extended_tables`` template arguments and delivers its rows as ``extended_stats`` in ``/stats/requests``, which the
 page polls every two seconds, so the tab updates live like the built-in ones. The figures come from the ledger (the
 master's holds every worker's latest cumulative report); "rows/s now" is the rate of rows inserted over the last
-``RATE_WINDOW_S`` seconds, measured between polls.
+``RATE_WINDOW_S`` seconds, measured between polls. In a test the capacity finder runs (``--find-capacity``), one row
+per stage follows (its users, whether it is settling or measured, what it measured) and a last row with the
+capacity found so far.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 from flask import request
 
+from dg_locust.capacity import CapacityResult, StageMeasurement
 from dg_locust.run import RunContext
 
 TAB_KEY = "dg_rows"
@@ -97,6 +100,10 @@ class RowsTab:
             workers = sorted(ledger.worker_reports.items(), key=lambda item: runner.get_worker_index(item[0]))
             for worker_id, report in workers:
                 rows.append(self._row(_worker_label(runner, worker_id), _worker_totals(report), now, key=worker_id))
+        finder = self.context.capacity
+        capacity = finder.result() if finder is not None else None
+        if capacity is not None:
+            rows.extend(capacity_rows(capacity, finder.live_measurement(), finder.clock()))
         return rows
 
     def _row(self, name: str, counters: dict, now: float, key: str | None = None) -> dict:
@@ -127,3 +134,52 @@ def _worker_totals(report: dict[str, dict]) -> dict:
 def _worker_label(runner, worker_id: str) -> str:
     host = worker_id.rsplit("_", 1)[0]  # Locust's worker ids are "<hostname>_<uuid hex>"
     return f"worker {runner.get_worker_index(worker_id)} ({host})"
+
+
+def capacity_rows(capacity: CapacityResult, live: StageMeasurement | None, now: float) -> list[dict]:
+    """The capacity finder's rows: one per stage (its users, its phase or outcome, and what its measured window
+    held: rows/s, rows, batch sizes; the current stage's window so far while it is measured), then the capacity."""
+    rows = []
+    for stage in capacity.stages:
+        measured = (
+            stage.measurement if stage.measurement is not None else live if stage is capacity.stages[-1] else None
+        )
+        phase = "best" if stage is capacity.best else stage.phase(now)
+        if not stage.outcome:
+            phase += f", {max(stage.ends_at - now, 0):.0f} s left"
+        name = f"capacity stage {stage.number}: {stage.users} users"
+        if stage.workers > 1:
+            name += f" on {stage.workers} workers"
+        name += f" ({phase}{': ' + stage.note if stage.note else ''})"
+        rows.append(
+            {
+                "name": name,
+                "rows_per_s": round(measured.rows_per_s, 1) if measured else 0.0,
+                "inserted": measured.inserted if measured else 0,
+                "failed": measured.failed if measured else 0,
+                "in_doubt": measured.in_doubt if measured else 0,
+                "batch_size": measured.batch_size if measured else 0,
+                "best_batch_size": measured.best_batch_size if measured else 0,
+            }
+        )
+    if capacity.best is not None:
+        name = f"capacity: {capacity.rows_per_s:.1f} rows/s at {capacity.users} users (stage {capacity.best.number})"
+    else:
+        name = (
+            "capacity: none found within the SLO yet" if not capacity.stop_reason else "capacity: none within the SLO"
+        )
+    if capacity.stop_reason:
+        name += f"; stopped: {capacity.stop_reason}"
+    best = capacity.best.measurement if capacity.best is not None else None
+    rows.append(
+        {
+            "name": name,
+            "rows_per_s": round(capacity.rows_per_s, 1),
+            "inserted": best.inserted if best else 0,
+            "failed": best.failed if best else 0,
+            "in_doubt": best.in_doubt if best else 0,
+            "batch_size": best.batch_size if best else 0,
+            "best_batch_size": best.best_batch_size if best else 0,
+        }
+    )
+    return rows
