@@ -279,20 +279,20 @@ class CapacitySearch:
             if self.done:
                 return None
         if self._time_left(now) <= 0:
-            self.finish(f"--run-time {self.plan.run_time_s:g}s ran out during stage {self.current.number}")
+            self.finish(f"--run-time {self.plan.run_time_s:g}s ran out")
             return None
         return self.current.users
 
     def finish(self, reason: str = "") -> None:
-        """The run ends: a stage not measured to its end is cut short. ``reason`` says why, unless the search had
-        already stopped by itself."""
+        """The run ends: a stage not measured to its end is cut short. ``reason`` says why the run ended (the
+        stage it ended in is added), unless the search had already stopped by itself."""
         stage = self.current
         if stage is not None and not stage.outcome:
             stage.outcome = CUT_SHORT
             stage.note = "the run ended before the stage was measured"
         if self.stop_reason is None:
             where = f" during stage {stage.number}" if stage is not None else ""
-            self.stop_reason = reason or f"the run was stopped{where}"
+            self.stop_reason = f"{reason or 'the run was stopped'}{where}"
 
     def result(self) -> CapacityResult:
         return CapacityResult.of(self)

@@ -211,7 +211,7 @@ class CapacityShape(LoadTestShape):
     def on_test_stop(self, environment, **_kwargs) -> None:
         if self.search is None:
             return
-        self.search.finish()
+        self.search.finish(self.context.stop_reason or "")  # e.g. INGEST_SIZE reached, or an abort
         result = self.search.result()
         for line in (result.summary_line(), *result.table_lines()):
             print(line, flush=True)
