@@ -41,7 +41,7 @@ def test_rows_have_one_line_per_user_class_and_a_total():
     ledger.for_class("B").best_batch_size = 800
     clock = SimpleNamespace(now=0.0)
     environment = SimpleNamespace(runner=None, web_ui=None)
-    tab = RowsTab(environment, SimpleNamespace(ledger=ledger), clock=lambda: clock.now)
+    tab = RowsTab(environment, SimpleNamespace(ledger=ledger, capacity=None), clock=lambda: clock.now)
     tab.rows()
     ledger.for_class("A").record(InsertOutcome(200, 0, 0))
     clock.now = 2.0
