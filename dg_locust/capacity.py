@@ -4,7 +4,9 @@ A ``CapacitySearch`` steps the users up in stages: 1 user per worker, then 2, 4,
 ``--capacity-max-users`` in total. Each stage holds its users for ``--capacity-stage-s`` seconds (the first twice as
 long when the adaptive batch sizer starts from scratch; later stages start from the size the previous one settled
 on, so they settle faster) and is measured over its last half: rows acknowledged per second, the p99 of batch
-latency, and the share of rows that errors kept from being acknowledged. The search stops after the first stage that
+latency, and the share of rows that errors kept from being acknowledged. On a slow cluster a stage also waits for
+the batches the sizer's windows need (``BATCHES_PER_WINDOW`` each), up to ``STRETCH`` times its planned time. The
+search stops after the first stage that
 
 - breaks the SLO: p99 above ``--slo-p99-ms`` or error ratio above ``--slo-max-error-ratio``, or
 - does not raise rows/s by more than ``--capacity-margin`` over the best stage so far: more load no longer helps,
@@ -27,8 +29,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dg_locust.sizer import SizerSettings
+
 GROWTH = 2  # users per worker multiply by this from one stage to the next
 P99 = 0.99
+# The sizer's windows last 2 s and at least 8 batches, so a slow cluster (seconds per batch) stretches them. Before a
+# stage is measured each process finishes this many windows' batches in it (from scratch in the first stage, from
+# the previous size later; see README "Batch size"), and while it is measured two windows' worth. A cluster too
+# slow even for that is measured after STRETCH times the planned time anyway.
+BATCHES_PER_WINDOW = SizerSettings().min_batches
+FIRST_SETTLE_WINDOWS = 12
+SETTLE_WINDOWS = 4
+MEASURE_WINDOWS = 2
+STRETCH = 4.0
 
 # What became of a stage.
 RISE = "rise"  # it raised rows/s by more than the margin (or was the first): the best stage so far
@@ -48,6 +61,11 @@ class CapacityPlan:
     slo_p99_ms: float = 0.0  # 0: no latency limit
     slo_max_error_ratio: float = 0.05
     run_time_s: float | None = None
+    # Batches each process must finish before a stage is measured (the sizer needs windows of 8 batches, however
+    # long they take on a slow cluster) and while it is measured; 0 settle batches for a fixed batch size.
+    first_settle_batches: int = FIRST_SETTLE_WINDOWS * BATCHES_PER_WINDOW
+    settle_batches: int = SETTLE_WINDOWS * BATCHES_PER_WINDOW
+    measure_batches: int = MEASURE_WINDOWS * BATCHES_PER_WINDOW
 
     @property
     def measure_s(self) -> float:
@@ -63,6 +81,8 @@ class CapacityPlan:
         return cls(
             stage_s=settings.capacity_stage_s,
             first_stage_s=settings.capacity_stage_s * (2 if auto else 1),
+            first_settle_batches=FIRST_SETTLE_WINDOWS * BATCHES_PER_WINDOW if auto else 0,
+            settle_batches=SETTLE_WINDOWS * BATCHES_PER_WINDOW if auto else 0,
             margin=settings.capacity_margin,
             max_users=settings.capacity_max_users,
             slo_p99_ms=settings.slo_p99_ms,
@@ -96,6 +116,7 @@ class Counters:
     failed: int = 0
     in_doubt: int = 0
     cut_off: int = 0  # part of in_doubt: rows whose batch the stop cut off, not an error
+    batches: int = 0
 
     @property
     def errors(self) -> int:
@@ -176,6 +197,18 @@ def measure_between(begin: Snapshot, end: Snapshot) -> StageMeasurement:
     )
 
 
+def fewest_batches(begin: Snapshot, end: Snapshot) -> int:
+    """The fewest batches any process finished between two snapshots (each process has its own sizer, which needs
+    its own batches); 0 when no process has reported."""
+    counts = []
+    for name, last in end.sources.items():
+        first = begin.sources.get(name)
+        if first is None or last.batches < first.batches:
+            first = Counters(as_of=begin.taken_at)
+        counts.append(last.batches - first.batches)
+    return min(counts, default=0)
+
+
 def histogram_difference(later: Mapping[int, int], earlier: Mapping[int, int]) -> dict[int, int]:
     """The batches of ``later`` that ``earlier`` did not hold yet; all of ``later`` when it holds fewer batches in
     total (the statistics were reset in between, e.g. by Locust's --reset-stats)."""
@@ -200,9 +233,13 @@ def percentile(histogram: Mapping[int, int], share: float) -> float | None:
 
 
 class Meter(Protocol):
-    """Measures the run for the search: ``begin`` opens a stage's measured window, ``measure`` reads it so far."""
+    """Measures the run for the search, since the last ``mark`` (a stage began, or its measured window opened)."""
 
-    def begin(self, now: float) -> None: ...
+    def mark(self, now: float) -> None: ...
+
+    def batches(self, now: float) -> int:
+        """The fewest batches any process finished since the mark."""
+        ...
 
     def measure(self, now: float) -> StageMeasurement: ...
 
@@ -219,8 +256,11 @@ class Stage:
     workers: int
     per_worker: int  # users per worker the stage asked for (users may be fewer at --capacity-max-users)
     started_at: float
-    measure_from: float
-    ends_at: float
+    measure_from: float  # planned, until the measured window opens (later when batches are slow)
+    ends_at: float  # planned end, likewise
+    settle_batches: int = 0  # batches each process must finish before the stage is measured
+    settled_batches: int | None = None  # the fewest any process had finished when the window opened
+    measuring: bool = False
     measurement: StageMeasurement | None = None
     outcome: str = ""  # RISE, NO_RISE, SLO_BROKEN or CUT_SHORT once decided
     note: str = ""  # why, for people
@@ -229,7 +269,7 @@ class Stage:
         """``settling`` (the sizer adapts to the new load), ``measuring``, or the stage's outcome."""
         if self.outcome:
             return self.outcome
-        return "settling" if now < self.measure_from else "measuring"
+        return "measuring" if self.measuring else "settling"
 
 
 class CapacitySearch:
@@ -242,7 +282,6 @@ class CapacitySearch:
         self.best: Stage | None = None
         self.stop_reason: str | None = None
         self.started_at: float | None = None
-        self._measuring = False
 
     @property
     def current(self) -> Stage | None:
@@ -254,8 +293,8 @@ class CapacitySearch:
 
     @property
     def measuring(self) -> bool:
-        """Whether the current stage's measured window is open (the meter has begun it)."""
-        return self._measuring
+        """Whether the current stage's measured window is open."""
+        return self.current is not None and self.current.measuring and not self.current.outcome
 
     def tick(self, now: float, workers: int) -> int | None:
         """The users to run now (``workers``: the workers there are; 1 for a local run), or None when the search
@@ -267,12 +306,13 @@ class CapacitySearch:
             self.started_at = now
             self._begin(now, 1, workers)
         stage = self.current
-        if not self._measuring and now >= stage.measure_from:
-            self.meter.begin(now)
-            self._measuring = True
-        if now >= stage.ends_at:
-            stage.measurement = self.meter.measure(now)
-            self._measuring = False
+        if not stage.measuring and self._settled(stage, now):
+            stage.settled_batches = self.meter.batches(now)
+            self.meter.mark(now)
+            stage.measuring = True
+            stage.measure_from, stage.ends_at = now, now + self.plan.measure_s
+        if stage.measuring and self._measured(stage, now):
+            stage.measurement, stage.ends_at = self.meter.measure(now), now
             self._judge(stage)
             if not self.done:
                 self._next_stage(now, stage, workers)
@@ -297,6 +337,20 @@ class CapacitySearch:
     def result(self) -> CapacityResult:
         return CapacityResult.of(self)
 
+    def _settled(self, stage: Stage, now: float) -> bool:
+        """Its planned settle time is over and every process has finished its settle batches (or the stage has
+        waited ``STRETCH`` times the settle time for them)."""
+        if now < stage.measure_from:
+            return False
+        waited_enough = now >= stage.started_at + STRETCH * (stage.measure_from - stage.started_at)
+        return waited_enough or self.meter.batches(now) >= stage.settle_batches
+
+    def _measured(self, stage: Stage, now: float) -> bool:
+        if now < stage.ends_at:
+            return False
+        waited_enough = now >= stage.measure_from + STRETCH * self.plan.measure_s
+        return waited_enough or self.meter.batches(now) >= self.plan.measure_batches
+
     def _next_stage(self, now: float, stage: Stage, workers: int) -> None:
         per_worker = stage.per_worker * GROWTH
         if min(per_worker * workers, self.plan.max_users) <= stage.users:
@@ -319,8 +373,10 @@ class CapacitySearch:
         length = self.plan.first_stage_s if number == 1 else self.plan.stage_s
         ends_at = now + length
         users = max(min(per_worker * workers, self.plan.max_users), 1)
-        stage = Stage(number, users, workers, per_worker, now, ends_at - self.plan.measure_s, ends_at)
+        settle = self.plan.first_settle_batches if number == 1 else self.plan.settle_batches
+        stage = Stage(number, users, workers, per_worker, now, ends_at - self.plan.measure_s, ends_at, settle)
         self.stages.append(stage)
+        self.meter.mark(now)
 
     def _judge(self, stage: Stage) -> None:
         measurement = stage.measurement
@@ -459,6 +515,7 @@ class CapacityResult:
             "started_s": round(stage.started_at - origin, 1),
             "measured_from_s": round(stage.measure_from - origin, 1),
             "ended_s": round(stage.ends_at - origin, 1),
+            "settled_batches": stage.settled_batches,
             "outcome": stage.outcome or "running",
             "best": stage is self.best,
             "note": stage.note,

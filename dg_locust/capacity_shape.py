@@ -36,6 +36,7 @@ from dg_locust.capacity import (
     Counters,
     Snapshot,
     StageMeasurement,
+    fewest_batches,
     measure_between,
 )
 from dg_locust.client import REQUEST_TYPE
@@ -56,22 +57,27 @@ class LedgerMeter:
         self.context = context
         self.clock = clock
         self.report_times: dict[str, float] = {}  # worker id -> when its latest report arrived
-        self._window_start: Snapshot | None = None
+        self._marked: Snapshot | None = None  # the counters when the stage or its measured window began
 
     def reset(self) -> None:
         self.report_times.clear()
-        self._window_start = None
+        self._marked = None
 
     def on_worker_report(self, client_id, data, **_kwargs) -> None:
         if REPORT_KEY in data:
             self.report_times[client_id] = self.clock()
 
-    def begin(self, now: float) -> None:
-        self._window_start = self.snapshot(now)
+    def mark(self, now: float) -> None:
+        self._marked = self.snapshot(now)
+
+    def batches(self, now: float) -> int:
+        return fewest_batches(self._since(now), self.snapshot(now))
 
     def measure(self, now: float) -> StageMeasurement:
-        start = self._window_start if self._window_start is not None else Snapshot(now, {})
-        return measure_between(start, self.snapshot(now))
+        return measure_between(self._since(now), self.snapshot(now))
+
+    def _since(self, now: float) -> Snapshot:
+        return self._marked if self._marked is not None else Snapshot(now, {})
 
     def snapshot(self, now: float) -> Snapshot:
         ledger = self.context.ledger
@@ -102,7 +108,7 @@ class LedgerMeter:
 
 
 def _counters(as_of: float, reports: Iterable[dict]) -> Counters:
-    totals = {"inserted": 0, "failed": 0, "in_doubt": 0, "cut_off": 0}
+    totals = {"inserted": 0, "failed": 0, "in_doubt": 0, "cut_off": 0, "batches": 0}
     for report in reports:
         for name in totals:
             totals[name] += int(report.get(name, 0))

@@ -41,17 +41,21 @@ class ModelMeter:
     def __init__(self, rows_per_s, p99_ms=lambda users: 100.0, error_ratio=lambda users: 0.0):
         self.rows_per_s, self.p99_ms, self.error_ratio = rows_per_s, p99_ms, error_ratio
         self.search: CapacitySearch | None = None
-        self.begun: list[float] = []
+        self.marks: list[float] = []
+        self.batches_per_s = 100.0  # per process
 
-    def begin(self, now):
-        self.begun.append(now)
+    def mark(self, now):
+        self.marks.append(now)
+
+    def batches(self, now):
+        return int((now - self.marks[-1]) * self.batches_per_s)
 
     def measure(self, now):
         users = self.search.current.users
         finished = 10_000
         errors = round(self.error_ratio(users) * finished)
         return StageMeasurement(
-            seconds=now - self.begun[-1],
+            seconds=now - self.marks[-1],
             rows_per_s=self.rows_per_s(users),
             inserted=finished - errors,
             failed=errors,
@@ -99,8 +103,30 @@ def test_users_double_per_stage_until_rows_per_s_stop_rising_and_the_knee_is_the
 def test_each_stage_is_measured_over_its_last_half_stage():
     meter = ModelMeter(plateau(knee_users=2))
     search, _ = run_search(CapacityPlan(stage_s=20, first_stage_s=40), meter)
-    assert meter.begun == [30.0, 50.0, 70.0]  # 10 s before each stage's end (40, 60, 80)
+    # each stage starts (0, 40, 60) and is measured 10 s before its end (40, 60, 80)
+    assert meter.marks == [0.0, 30.0, 40.0, 50.0, 60.0, 70.0]
     assert [stage.measurement.seconds for stage in search.stages] == [10.0, 10.0, 10.0]
+
+
+def test_on_a_slow_cluster_stages_wait_for_the_batches_the_sizer_needs():
+    plan = CapacityPlan(stage_s=20, first_stage_s=40, first_settle_batches=48, settle_batches=16, measure_batches=16)
+    meter = ModelMeter(plateau(knee_users=2))
+    meter.batches_per_s = 1.0  # each process finishes one batch a second
+    search, _ = run_search(plan, meter)
+    timing = [(s["started_s"], s["measured_from_s"], s["ended_s"]) for s in search.result().as_dict()["stages"]]
+    # stage 1: 48 batches after 48 s (planned: 30 s), then 16 more (planned: 10 s); stage 2: 16 batches (planned:
+    # 10 s) and 16 more; stage 3 likewise
+    assert timing == [(0.0, 48.0, 64.0), (64.0, 80.0, 96.0), (96.0, 112.0, 128.0)]
+    assert [stage.settled_batches for stage in search.stages] == [48, 16, 16]
+
+
+def test_a_cluster_too_slow_for_the_batches_is_measured_after_stretching_the_stage_four_times():
+    plan = CapacityPlan(stage_s=20, first_stage_s=40, first_settle_batches=48, settle_batches=16, measure_batches=16)
+    meter = ModelMeter(plateau(knee_users=2))
+    meter.batches_per_s = 0.1
+    search, _ = run_search(plan, meter)
+    first = search.result().as_dict()["stages"][0]
+    assert (first["measured_from_s"], first["ended_s"], first["settled_batches"]) == (120.0, 160.0, 12)
 
 
 def test_a_stage_that_rises_by_no_more_than_the_margin_does_not_replace_the_best_stage():
@@ -254,8 +280,15 @@ def test_the_plan_follows_the_settings_and_the_first_stage_is_longer_with_the_au
         300.0,
         600,
     )
+    assert (plan.first_settle_batches, plan.settle_batches, plan.measure_batches) == (96, 32, 16)
     options.batch_size = "5000"  # a fixed size has nothing to settle
-    assert CapacityPlan.from_settings(Settings.from_options(options)).first_stage_s == 25.0
+    fixed = CapacityPlan.from_settings(Settings.from_options(options))
+    assert (fixed.first_stage_s, fixed.first_settle_batches, fixed.settle_batches, fixed.measure_batches) == (
+        25.0,
+        0,
+        0,
+        16,
+    )
 
 
 @pytest.mark.parametrize(
