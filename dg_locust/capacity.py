@@ -398,7 +398,11 @@ class CapacitySearch:
             return
         stage.outcome = NO_RISE
         stage.note = f"{versus}, not more than the {_percent(self.plan.margin, sign=False)} margin"
-        self.stop_reason = f"stage {stage.number} ({stage.users} users) {stage.note}"
+        self.stop_reason = f"stage {stage.number} ({users_text(stage.users)}) {stage.note}"
+
+
+def users_text(users: int) -> str:
+    return "1 user" if users == 1 else f"{users} users"
 
 
 def _percent(share: float, sign: bool = True) -> str:
@@ -458,7 +462,7 @@ class CapacityResult:
     def table_lines(self) -> list[str]:
         """The stage table: a title line, a header and one row per stage (the best one's outcome reads ``best``)."""
         lines = [
-            f"dg capacity stages (each measured over its last {self.plan.measure_s:g} s):",
+            f"dg capacity stages (each measured over the last {self.plan.measure_s:g} s or more of it):",
             f"  {'stage':>5}  {'users':>6}  {'workers':>7}  {'rows/s':>12}  {'p99 ms':>7}  {'error ratio':>11}  "
             f"{'batch size':>10}  outcome",
         ]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from flask import request
 
-from dg_locust.capacity import CapacityResult, StageMeasurement
+from dg_locust.capacity import CapacityResult, StageMeasurement, users_text
 from dg_locust.run import RunContext
 
 TAB_KEY = "dg_rows"
@@ -145,9 +145,11 @@ def capacity_rows(capacity: CapacityResult, live: StageMeasurement | None, now: 
             stage.measurement if stage.measurement is not None else live if stage is capacity.stages[-1] else None
         )
         phase = "best" if stage is capacity.best else stage.phase(now)
-        if not stage.outcome:
+        if not stage.outcome and not stage.measuring and now >= stage.measure_from:
+            phase += ", waiting for the batches the sizer needs"
+        elif not stage.outcome:
             phase += f", {max(stage.ends_at - now, 0):.0f} s left"
-        name = f"capacity stage {stage.number}: {stage.users} users"
+        name = f"capacity stage {stage.number}: {users_text(stage.users)}"
         if stage.workers > 1:
             name += f" on {stage.workers} workers"
         name += f" ({phase}{': ' + stage.note if stage.note else ''})"
@@ -163,7 +165,8 @@ def capacity_rows(capacity: CapacityResult, live: StageMeasurement | None, now: 
             }
         )
     if capacity.best is not None:
-        name = f"capacity: {capacity.rows_per_s:.1f} rows/s at {capacity.users} users (stage {capacity.best.number})"
+        at = users_text(capacity.users)
+        name = f"capacity: {capacity.rows_per_s:.1f} rows/s at {at} (stage {capacity.best.number})"
     else:
         name = (
             "capacity: none found within the SLO yet" if not capacity.stop_reason else "capacity: none within the SLO"

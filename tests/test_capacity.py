@@ -386,7 +386,7 @@ def test_rows_tab_has_a_row_per_stage_and_the_capacity():
     result = _finished_search().result()
     rows = capacity_rows(result, live=None, now=1000.0)
     assert [row["name"] for row in rows] == [
-        "capacity stage 1: 1 users (rise: the first stage)",
+        "capacity stage 1: 1 user (rise: the first stage)",
         "capacity stage 2: 2 users (best: +100.0 % rows/s over stage 1)",
         "capacity stage 3: 4 users (no rise: +0.0 % rows/s over stage 2, not more than the 5 % margin)",
         "capacity: 20000.0 rows/s at 2 users (stage 2); stopped: stage 3 (4 users) +0.0 % rows/s over stage 2, "
@@ -404,7 +404,17 @@ def test_rows_tab_has_a_row_per_stage_and_the_capacity():
     rows = capacity_rows(search.result(), live=live, now=17.0)
     assert rows[1]["name"] == "capacity stage 2: 2 users (measuring, 3 s left)"
     assert rows[1]["rows_per_s"] == 20_000.0
-    assert rows[-1]["name"] == "capacity: 10000.0 rows/s at 1 users (stage 1)"
+    assert rows[-1]["name"] == "capacity: 10000.0 rows/s at 1 user (stage 1)"
+    # a stage past its planned settle time that still waits for batches says so
+    meter = ModelMeter(plateau(4))
+    meter.batches_per_s = 1.0
+    search = CapacitySearch(CapacityPlan(stage_s=10, first_stage_s=10, first_settle_batches=50), meter)
+    meter.search = search
+    for second in range(8):
+        search.tick(float(second), 1)
+    names = [row["name"] for row in capacity_rows(search.result(), live=None, now=8.0)]
+    assert names[0] == "capacity stage 1: 1 user (settling, waiting for the batches the sizer needs)"
+    assert names[-1] == "capacity: none found within the SLO yet"
 
 
 # --- whole runs against the CrateDB double ---
@@ -418,7 +428,8 @@ def test_rows_tab_has_a_row_per_stage_and_the_capacity():
 # users get close to it but leave the slots idle while they prepare their next batch; four or more keep the queue
 # full. So rows/s rise with users up to the knee and then stay flat: the finder must stop there and report ~CAPACITY.
 # The stage length keeps the run near a minute: 20 s for the first stage (the sizer grows from 1000 to ~4000 rows in
-# about 3 windows of 2 s) and 10 s for each later one, measured over its last 5 s.
+# about 3 windows of 2 s; the stage waits for its 96 settle batches, ~20 s for one user at ~0.2 s each) and 10 s for
+# each later one, measured over its last 5 s.
 OVERHEAD_MS, PER_ROW_US, MAX_CONCURRENCY, BATCH_SIZE_MAX = 40.0, 40.0, 2, 4_000
 CAPACITY = MAX_CONCURRENCY * BATCH_SIZE_MAX / (OVERHEAD_MS / 1e3 + BATCH_SIZE_MAX * PER_ROW_US / 1e6)
 TOLERANCE = 0.10
