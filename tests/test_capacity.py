@@ -9,8 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from cratedb_double import DoubleProcess
-from locust_live import LiveLocust, free_ports, get_json, post_form, sample_sum, scrape, wait_until
-from locust_run import run_locust
+from support import LiveLocust, free_ports, get_json, post_form, run_locust, sample_sum, scrape, wait_until
 
 from dg_locust.capacity import (
     CUT_SHORT,
