@@ -4,9 +4,9 @@
 line for each, and sets ``environment.process_exit_code`` (which Locust's exit code then is) when one fails:
 
 - ``--min-rows-per-sec R`` / ``--max-fail-ratio F``: exit code ``EXIT_THRESHOLD`` (3) when the run's mean rows/s
-  (inserted rows over the run's wall time) is below R, or when the share of rows an error kept from being
-  acknowledged (failed, and in doubt from timeouts, resets and 5xx) is above F; rows the stop cut off in flight
-  count on neither side of that ratio;
+  (inserted rows over the run's wall time; with ``--find-capacity``, the capacity found) is below R, or when the
+  share of rows an error kept from being acknowledged (failed, and in doubt from timeouts, resets and 5xx) is above
+  F; rows the stop cut off in flight count on neither side of that ratio;
 - ``--verify``: refreshes each table and counts the rows of this run's sensor range (``--id-start``..``--id-end``)
   and time window (from the first to the last step any sensor sent, as the ledger reports them); exit code
   ``EXIT_VERIFY`` (4) when the table holds fewer rows than acknowledged or more than acknowledged + in doubt.
@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from dg_locust.capacity import CapacityResult
 from dg_locust.client import CrateError, CrateHttpClient
 from dg_locust.errors import EXIT_BAD_INPUT, EXIT_THRESHOLD, EXIT_VERIFY, OptionError
 from dg_locust.ledger import RunLedger
@@ -43,14 +44,24 @@ class Verdict:
     line: str
 
 
-def threshold_verdict(ledger: RunLedger, min_rows_per_sec: float, max_fail_ratio: float) -> Verdict | None:
-    """The CI thresholds against the run's totals; None when no threshold is set."""
+def threshold_verdict(
+    ledger: RunLedger, min_rows_per_sec: float, max_fail_ratio: float, capacity: CapacityResult | None = None
+) -> Verdict | None:
+    """The CI thresholds against the run's totals; None when no threshold is set. When the capacity finder ran
+    (``capacity``), --min-rows-per-sec judges the capacity it found instead of the run's mean, which its lower
+    stages pull down."""
     checks = []
-    totals, rows_per_s = ledger.totals(), ledger.rows_per_s()
+    totals = ledger.totals()
     if min_rows_per_sec > 0:
+        if capacity is not None:
+            rows_per_s, what = capacity.rows_per_s, "capacity"
+            if capacity.best is None:
+                what = "capacity (none found within the SLO)"
+        else:
+            rows_per_s, what = ledger.rows_per_s(), "mean"
         ok = rows_per_s >= min_rows_per_sec
         relation = ">=" if ok else "is below"
-        checks.append((ok, f"mean {rows_per_s:.1f} rows/s {relation} --min-rows-per-sec {min_rows_per_sec:g}"))
+        checks.append((ok, f"{what} {rows_per_s:.1f} rows/s {relation} --min-rows-per-sec {min_rows_per_sec:g}"))
     if max_fail_ratio < 1:
         # Rows cut off by the stop are left out of both sides: the database never got to answer for them.
         errors, finished = totals.not_acknowledged_by_error, totals.finished
@@ -164,7 +175,8 @@ class RunChecks:
             _say(f"dg checks: skipped: the run was stopped by an error (exit code {EXIT_BAD_INPUT})")
             return None
         codes = []
-        verdict = threshold_verdict(ledger, settings.min_rows_per_sec, settings.max_fail_ratio)
+        capacity = self.context.capacity.result() if self.context.capacity is not None else None
+        verdict = threshold_verdict(ledger, settings.min_rows_per_sec, settings.max_fail_ratio, capacity)
         if verdict is not None:
             _say(verdict.line)
             if not verdict.passed:

@@ -2,11 +2,13 @@
 
 The ``dg-locust`` command runs Locust with this file; ``locust -f locustfile.py`` from the repository loads the same
 classes and listeners through the thin ``locustfile.py`` there. Listeners attach to the environment's own events at
-``init`` (the run context first, so its ``test_start`` and ``test_stop`` run before the others').
+``init`` (the run context first, so its ``test_start`` and ``test_stop`` run before the others', then the capacity
+finder, whose result the checks read at ``test_stop``).
 """
 
 from locust import events
 
+from dg_locust.capacity_shape import CapacityShape
 from dg_locust.checks import RunChecks
 from dg_locust.history import HistoryRecorder
 from dg_locust.metrics import DgMetrics
@@ -26,6 +28,7 @@ def _register_options(parser, **_kwargs):
 @events.init.add_listener
 def _register_listeners(environment, runner, **_kwargs):
     context = RunContext.attach(environment, runner)
+    CapacityShape.register(environment, context)  # before the checks: --min-rows-per-sec judges its result
     DgMetrics.register(environment, context)
     status = RunStatus.register(environment, context)
     history = HistoryRecorder.register(environment, context).history

@@ -29,6 +29,7 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from dg_locust.capacity import CapacityResult
 from dg_locust.client import REQUEST_TYPE
 from dg_locust.query_ledger import QueryTally
 from dg_locust.run import RunContext
@@ -288,6 +289,9 @@ class _LedgerCollector:
             family.add_metric([user_class, table, role], histogram.cumulative_buckets(), histogram.sum)
         yield family
         yield from query_families(metrics.context.queries.per_query(), role)
+        capacity = metrics.context.capacity.result() if metrics.context.capacity is not None else None
+        if capacity is not None:
+            yield from capacity_families(capacity, role)
         if role == "master":
             workers = GaugeMetricFamily(
                 "dg_workers_reporting", "Workers whose row counters the master totals hold", labels=("role",)
@@ -314,3 +318,40 @@ def query_families(tallies: list[QueryTally], role: str):
     yield latency
     yield failures
     yield rows
+
+
+def capacity_families(capacity: CapacityResult, role: str) -> list[GaugeMetricFamily]:
+    """The capacity finder's gauges (master or local runner, in a test it runs): the capacity found so far, the stage
+    it is at, and each measured stage's rows/s."""
+    stages = capacity.stages
+    current = stages[-1] if stages else None
+    families = []
+    for name, documentation, value in (
+        (
+            "dg_capacity_rows_per_second",
+            "Capacity found so far: the best capacity stage's acknowledged rows/s within the SLO (0 until one)",
+            capacity.rows_per_s,
+        ),
+        ("dg_capacity_users", "Users of the best capacity stage (0 until one)", capacity.users),
+        ("dg_capacity_batch_size", "Batch size of the best capacity stage (0 until one)", capacity.batch_size),
+        (
+            "dg_capacity_stage",
+            "The capacity stage running now (1, 2, ...; the last one once done)",
+            current.number if current else 0,
+        ),
+        ("dg_capacity_stage_users", "Users of the capacity stage running now", current.users if current else 0),
+        ("dg_capacity_done", "1 once the capacity finder has stopped, else 0", 1 if capacity.stop_reason else 0),
+    ):
+        family = GaugeMetricFamily(name, documentation, labels=("role",))
+        family.add_metric([role], float(value or 0))
+        families.append(family)
+    family = GaugeMetricFamily(
+        "dg_capacity_stage_rows_per_second",
+        "Acknowledged rows/s each measured capacity stage reached",
+        labels=("stage", "users", "role"),
+    )
+    for stage in stages:
+        if stage.measurement is not None:
+            family.add_metric([str(stage.number), str(stage.users), role], stage.measurement.rows_per_s)
+    families.append(family)
+    return families

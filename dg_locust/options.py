@@ -33,6 +33,9 @@ INSERT_METHODS = ("bulk", "unnest")
 # model is a few hundred bytes of JSON, so 200k rows keeps every body well below that limit.
 HARD_BATCH_MIN = 1
 HARD_BATCH_MAX = 200_000
+# A capacity stage is measured over its last half, and a master hears from its workers every 3 s: shorter stages
+# would measure too few reports to mean anything.
+MIN_CAPACITY_STAGE_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,40 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "At the end of each test, write the run's summary (the dg summary line and more) as JSON to this file",
         in_web_ui=False,
     ),
+    OptionSpec(
+        "--find-capacity",
+        "FIND_CAPACITY",
+        False,
+        "Find the capacity: step the users up in stages (1, 2, 4, ... per worker; -u and -r are ignored) until rows/s "
+        "no longer rise by more than --capacity-margin or a stage breaks the SLO, and report the best stage",
+        is_flag=True,
+    ),
+    OptionSpec(
+        "--capacity-stage-s",
+        "CAPACITY_STAGE_S",
+        30.0,
+        "Seconds each capacity stage holds its users (the first twice as long with --batch-size auto, as the sizer "
+        "starts from scratch); each stage is measured over its last half",
+    ),
+    OptionSpec(
+        "--capacity-margin",
+        "CAPACITY_MARGIN",
+        0.05,
+        "The capacity finder stops when a stage raises rows/s by no more than this share over the best stage",
+    ),
+    OptionSpec("--capacity-max-users", "CAPACITY_MAX_USERS", 1024, "Most users (over all workers) the finder tries"),
+    OptionSpec(
+        "--slo-p99-ms",
+        "SLO_P99_MS",
+        0.0,
+        "A capacity stage whose p99 insert latency is above this many milliseconds breaks the SLO (0 = no limit)",
+    ),
+    OptionSpec(
+        "--slo-max-error-ratio",
+        "SLO_MAX_ERROR_RATIO",
+        0.05,
+        "A capacity stage whose share of rows not acknowledged because of errors is above this breaks the SLO",
+    ),
     OptionSpec("--ca-cert", "CA_CERT", "", "CA bundle to verify the server certificate with (https)"),
     OptionSpec("--no-verify-ssl", "NO_VERIFY_SSL", False, "Do not verify the server certificate (https)", is_flag=True),
 )
@@ -257,6 +294,12 @@ class Settings:
     query_users: int
     query_rate: float
     queries_file: str
+    find_capacity: bool
+    capacity_stage_s: float
+    capacity_margin: float
+    capacity_max_users: int
+    slo_p99_ms: float  # 0: no latency limit
+    slo_max_error_ratio: float
     rows_report: str = ""  # file paths; empty: not written
     summary_json: str = ""
 
@@ -363,6 +406,26 @@ class Settings:
 
         rows_report = _output_file(value("rows_report"), "--rows-report / ROWS_REPORT")
         summary_json = _output_file(value("summary_json"), "--summary-json / SUMMARY_JSON")
+        capacity_stage_s = _as_float(value("capacity_stage_s"), "--capacity-stage-s / CAPACITY_STAGE_S")
+        if not MIN_CAPACITY_STAGE_S <= capacity_stage_s <= 86400:
+            raise OptionError(
+                f"--capacity-stage-s / CAPACITY_STAGE_S must be between {MIN_CAPACITY_STAGE_S:g} and 86400 seconds, "
+                f"got {capacity_stage_s:g}"
+            )
+        capacity_margin = _as_float(value("capacity_margin"), "--capacity-margin / CAPACITY_MARGIN")
+        if not 0 <= capacity_margin <= 1:
+            raise OptionError(f"--capacity-margin / CAPACITY_MARGIN must be between 0 and 1, got {capacity_margin:g}")
+        capacity_max_users = _as_int(value("capacity_max_users"), "--capacity-max-users / CAPACITY_MAX_USERS")
+        if capacity_max_users < 1:
+            raise OptionError(f"--capacity-max-users / CAPACITY_MAX_USERS must be 1 or more, got {capacity_max_users}")
+        slo_p99_ms = _as_float(value("slo_p99_ms"), "--slo-p99-ms / SLO_P99_MS")
+        if slo_p99_ms < 0:
+            raise OptionError(f"--slo-p99-ms / SLO_P99_MS must be 0 (no limit) or more, got {slo_p99_ms:g}")
+        slo_max_error_ratio = _as_float(value("slo_max_error_ratio"), "--slo-max-error-ratio / SLO_MAX_ERROR_RATIO")
+        if not 0 <= slo_max_error_ratio <= 1:
+            raise OptionError(
+                f"--slo-max-error-ratio / SLO_MAX_ERROR_RATIO must be between 0 and 1, got {slo_max_error_ratio:g}"
+            )
 
         return cls(
             model_path=resolve_model_path(str(value("model"))),
@@ -397,6 +460,12 @@ class Settings:
             queries_file=str(Path(queries_file).expanduser()) if queries_file else "",
             rows_report=rows_report,
             summary_json=summary_json,
+            find_capacity=bool(value("find_capacity")),
+            capacity_stage_s=capacity_stage_s,
+            capacity_margin=capacity_margin,
+            capacity_max_users=capacity_max_users,
+            slo_p99_ms=slo_p99_ms,
+            slo_max_error_ratio=slo_max_error_ratio,
         )
 
 

@@ -38,6 +38,7 @@ from weakref import WeakKeyDictionary
 import gevent
 from gevent.lock import Semaphore
 
+from dg_locust.capacity import CapacityFinder
 from dg_locust.client import CrateError
 from dg_locust.errors import EXIT_BAD_INPUT, EXIT_NO_ROWS, DgError
 from dg_locust.ids import SensorAssignments
@@ -72,6 +73,8 @@ class RunContext:
     - ``queries``: the query counters of this process (and on a master, every worker's latest report);
     - ``query_workloads``: query user class name -> its ``QueryWorkload`` in this process;
     - ``stop_reason``: why the run stopped by itself (None while it runs or when a person stopped it);
+    - ``capacity``: the capacity finder's load shape on a master or local runner (``capacity_shape``; it holds the
+      result of the last test it ran), None on workers and before it is registered;
     - ``settings_built``: how many times ``Settings`` were parsed in this process (once per test).
     """
 
@@ -87,6 +90,7 @@ class RunContext:
         self.queries = QueryLedger()
         self.query_workloads: dict[str, QueryWorkload] = {}
         self.stop_reason: str | None = None
+        self.capacity: CapacityFinder | None = None
         self._pipeline_lock = Semaphore()
         self._aborted = False
         self._finishing = False

@@ -16,7 +16,9 @@ is no web UI: on workers, in headless runs and in ``--processes`` children):
 
 The table's rows are one per user class, the total and (on a master) one per worker; counts come from the ledger
 (the master's holds every worker's latest cumulative report), "rows/s now" from the history: the rate over the last
-10 s as the master has it, from the first look on.
+10 s as the master has it, from the first look on. In a test the capacity finder runs (``--find-capacity``), one row
+per stage follows (its users, whether it is settling or measured, what it measured) and a last row with the
+capacity found so far.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from flask import jsonify, request, send_from_directory
 from jinja2 import ChoiceLoader, FileSystemLoader
 
+from dg_locust.capacity import CapacityResult, StageMeasurement, users_text
 from dg_locust.history import TOTAL, RunHistory, worker_label
 from dg_locust.query_ledger import QueryTally
 from dg_locust.run import RunContext
@@ -137,6 +140,10 @@ class RowsTab:
             for worker_id, report in workers:
                 label = worker_label(runner, worker_id)
                 rows.append(self._row(label, _worker_totals(report), rates.get(f"worker:{worker_id}")))
+        finder = self.context.capacity
+        capacity = finder.result() if finder is not None else None
+        if capacity is not None:
+            rows.extend(capacity_rows(capacity, finder.live_measurement(), finder.clock()))
         return rows
 
     @staticmethod
@@ -168,6 +175,58 @@ def _since(text: str | None) -> float | None:
         return float(text) if text else None
     except ValueError:
         return None
+
+
+def capacity_rows(capacity: CapacityResult, live: StageMeasurement | None, now: float) -> list[dict]:
+    """The capacity finder's rows: one per stage (its users, its phase or outcome, and what its measured window
+    held: rows/s, rows, batch sizes; the current stage's window so far while it is measured), then the capacity."""
+    rows = []
+    for stage in capacity.stages:
+        measured = (
+            stage.measurement if stage.measurement is not None else live if stage is capacity.stages[-1] else None
+        )
+        phase = "best" if stage is capacity.best else stage.phase(now)
+        if not stage.outcome and not stage.measuring and now >= stage.measure_from:
+            phase += ", waiting for the batches the sizer needs"
+        elif not stage.outcome:
+            phase += f", {max(stage.ends_at - now, 0):.0f} s left"
+        name = f"capacity stage {stage.number}: {users_text(stage.users)}"
+        if stage.workers > 1:
+            name += f" on {stage.workers} workers"
+        name += f" ({phase}{': ' + stage.note if stage.note else ''})"
+        rows.append(
+            {
+                "name": name,
+                "rows_per_s": round(measured.rows_per_s, 1) if measured else 0.0,
+                "inserted": measured.inserted if measured else 0,
+                "failed": measured.failed if measured else 0,
+                "in_doubt": measured.in_doubt if measured else 0,
+                "batch_size": measured.batch_size if measured else 0,
+                "best_batch_size": measured.best_batch_size if measured else 0,
+            }
+        )
+    if capacity.best is not None:
+        at = users_text(capacity.users)
+        name = f"capacity: {capacity.rows_per_s:.1f} rows/s at {at} (stage {capacity.best.number})"
+    else:
+        name = (
+            "capacity: none found within the SLO yet" if not capacity.stop_reason else "capacity: none within the SLO"
+        )
+    if capacity.stop_reason:
+        name += f"; stopped: {capacity.stop_reason}"
+    best = capacity.best.measurement if capacity.best is not None else None
+    rows.append(
+        {
+            "name": name,
+            "rows_per_s": round(capacity.rows_per_s, 1),
+            "inserted": best.inserted if best else 0,
+            "failed": best.failed if best else 0,
+            "in_doubt": best.in_doubt if best else 0,
+            "batch_size": best.batch_size if best else 0,
+            "best_batch_size": best.best_batch_size if best else 0,
+        }
+    )
+    return rows
 
 
 def add_extended_stats(report: dict, key: str, rows: list[dict]) -> None:

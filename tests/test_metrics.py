@@ -70,7 +70,7 @@ def _fake_environment(ledger):
 
 
 def _metrics(environment, ledger) -> DgMetrics:
-    return DgMetrics(environment, SimpleNamespace(ledger=ledger, pipelines={}, queries=QueryLedger()))
+    return DgMetrics(environment, SimpleNamespace(ledger=ledger, pipelines={}, queries=QueryLedger(), capacity=None))
 
 
 def test_each_process_has_its_own_registry_and_counters_read_the_ledger():

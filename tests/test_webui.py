@@ -36,7 +36,7 @@ def test_rows_have_one_line_per_user_class_and_a_total_with_the_history_rate_fro
     history.observe(LOCAL, "A", 2.0, ledger.for_class("A").as_report())
     history.observe(LOCAL, "B", 2.0, ledger.for_class("B").as_report())
     environment = SimpleNamespace(runner=None, web_ui=None)
-    tab = RowsTab(environment, SimpleNamespace(ledger=ledger), history, status=None, clock=lambda: 2.0)
+    tab = RowsTab(environment, SimpleNamespace(ledger=ledger, capacity=None), history, status=None, clock=lambda: 2.0)
     rows = {row["name"]: row for row in tab.rows()}
     assert list(rows) == ["A", "B", "Total"]
     assert rows["A"] == {
