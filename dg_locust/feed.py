@@ -18,8 +18,9 @@ timestamp or tag array is repeated or tiled per batch.
 
 The feed generates rows just ahead of what it hands out, in whole steps when a step has at most
 ``GENERATION_GRAIN`` rows, else in parts of a step ending on multiples of ``GENERATION_GRAIN`` sensors. So what it
-holds besides the per-sensor state is at most one batch plus one grain of rows, however large the fleet: a batch
-of 20,000 rows from a million sensors is generated (and encoded) from those 20,000 sensors only.
+holds besides the per-sensor state is at most one batch plus one step or grain of rows, however large the fleet:
+with a million sensors, rows are generated 65,536 sensors at a time, and a batch of 20,000 rows is encoded from
+its 20,000 sensors only.
 """
 
 from __future__ import annotations
