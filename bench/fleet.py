@@ -112,8 +112,8 @@ def main() -> None:
                     f"{window.rows_per_cpu_s:,.0f}",
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
-                if "Traceback" in output or window.summary_rows_per_s is None:
-                    print(f"\n(the run printed a traceback or no summary:)\n{output[-3000:]}\n")
+                if "Traceback" in output or window.summary_rows_per_s is None or not window.rows:
+                    print(f"\n(the run printed a traceback, no summary or no rows in the window:)\n{output[-6000:]}\n")
         print(f"\n{count_checks(double)}")
     print(f"load at end: {load()}")
 
