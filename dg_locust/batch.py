@@ -312,6 +312,8 @@ def _as_codes(values: TagCodes | np.ndarray) -> TagCodes:
 def _texts_of(values: np.ndarray) -> np.ndarray:
     """orjson's text of each value, as a fixed-width bytes array (no JSON text ends in a NUL byte, which numpy
     would strip)."""
+    if values.dtype.kind in "iu":
+        return _decimal_texts(values)  # an integer tag may have many values ("n": 1000000)
     # bytes(memoryview(...)) keeps an exact-size copy: orjson's own result keeps a buffer of several KB alive.
     return np.array([bytes(memoryview(orjson.dumps(value))) for value in values.tolist()], dtype=bytes)
 
