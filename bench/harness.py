@@ -101,6 +101,8 @@ class Window:
     summary_rows_per_s: float | None = None  # dg-locust's own summary line, over its whole run
     rss_mb: list[float] = field(default_factory=list)
     note: str = ""
+    first_rows_s: float = 0.0  # from starting the command to the first rows the double counted
+    peak_rss_mib: dict[int, float] = field(default_factory=dict)  # pid -> peak RSS, of the process and its children
 
     @property
     def rows_per_s(self) -> float:
@@ -110,6 +112,20 @@ class Window:
     def rows_per_cpu_s(self) -> float:
         """Rows per second of the generator's own CPU time: what it costs, whatever share of the core it got."""
         return self.rows / (self.generator_cpu * self.seconds) if self.generator_cpu else 0.0
+
+
+def peak_rss_mib(process: psutil.Process) -> dict[int, float]:
+    """The peak resident set size (the kernel's high-water mark, VmHWM) of a process and each of its children."""
+    peaks = {}
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        if found:
+            peaks[proc.pid] = int(found.group(1)) / 1024
+    return peaks
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -133,33 +149,41 @@ def timed_run(
     env: dict | None = None,
     cwd: str | None = None,
     stop: bool = False,
+    first_rows_timeout: float = 60,
+    cpu: int | None = GENERATOR_CPU,
 ) -> tuple[Window, str]:
     """Start ``command`` on the generator CPU, wait for its first rows plus ``warm_up`` seconds, count the rows of
-    the next ``seconds``, then wait for it to end (or stop it with SIGINT when ``stop``). Returns the window and the
-    process output."""
+    the next ``seconds``, then wait for it to end (or stop it with SIGINT when ``stop``). Returns the window (with
+    the time to the first rows and the peak RSS up to the end of the window) and the process output. ``cpu=None``
+    leaves the process unpinned (a ``--processes`` run, whose children pinning would not reach)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
     environment.update(env or {})
     log = Path(f"/tmp/dg-bench-{os.getpid()}-{time.monotonic_ns()}.log")
     with log.open("wb") as out:
+        started = time.monotonic()
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=cwd)
         window = Window(label)
         try:
-            pin(proc.pid, GENERATOR_CPU)
+            if cpu is not None:
+                pin(proc.pid, cpu)
             generator = psutil.Process(proc.pid)
             server = psutil.Process(double.proc.pid)
             baseline = counted(double)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + first_rows_timeout
             while counted(double) == baseline:  # not loaded or not sending yet
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{label}: no rows arrived; output:\n{log.read_text()[-3000:]}")
                 time.sleep(0.05)
-            pin(proc.pid, GENERATOR_CPU)  # threads started since
+            window.first_rows_s = time.monotonic() - started
+            if cpu is not None:
+                pin(proc.pid, cpu)  # threads started since
             time.sleep(warm_up)
             rows0, t0, g0, s0 = counted(double), time.monotonic(), cpu_seconds(generator), cpu_seconds(server)
             time.sleep(seconds)
             rows1, t1, g1, s1 = counted(double), time.monotonic(), cpu_seconds(generator), cpu_seconds(server)
             window.rows, window.seconds = rows1 - rows0, t1 - t0
             window.generator_cpu, window.double_cpu = (g1 - g0) / (t1 - t0), (s1 - s0) / (t1 - t0)
+            window.peak_rss_mib = peak_rss_mib(generator)
             if stop:
                 proc.send_signal(signal.SIGINT)
             proc.wait(timeout=120)

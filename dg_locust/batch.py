@@ -14,17 +14,32 @@ from those bytes, one timestamp text per step, and orjson's output for the field
 arrays natively, with the same number text as for Python floats). No Python object is built per value except the
 float texts of a bulk body. ``encode_bulk`` and ``encode_unnest`` are the straightforward reference encodings of
 column arrays; the tests check that both ways give the same JSON.
+
+Memory per sensor: the tags come as ``model.TagCodes`` (the id itself, and a one- or two-byte code per other tag).
+Their JSON texts are built with numpy, without a Python object per sensor, at the first body of each kind: for
+``unnest`` one buffer of every sensor's text per tag plus an offset array (about the text's length + 5 bytes per
+sensor and tag), for ``bulk`` one fixed-width array of each sensor's ``t1,t2,...`` (the width of the longest, e.g.
+12 bytes for the temperature model). A batch takes its part of them, so a batch of a large fleet costs what its
+own rows cost.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
+from dg_locust.model import TagCodes
+
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+# Fleets up to this many sensors keep each sensor's bulk tag text as a Python bytes object too (at most ~4 MB):
+# their batches span whole steps, and making the objects again for every step would cost ~30 ns per row.
+_BULK_OBJECTS_MAX_SENSORS = 1 << 16
+# Tag texts are built this many sensors at a time, so the temporary arrays stay small for any fleet.
+_TEXT_BLOCK = 1 << 18
 _ROW_OK = b'{"rowcount":1}'
 _RESULTS = b'"results":['
 
@@ -76,14 +91,15 @@ class Batch:
 class RowLayout:
     """What all batches of one feed share: the column order, each sensor's tags (pre-encoded), the time grid.
 
-    ``tags`` maps each tag column to its values per sensor (index = position of the sensor in the feed);
-    ``base_ms`` and ``delta_ms`` give step k the timestamp ``base_ms + rint(k * delta_ms)``."""
+    ``tags`` maps each tag column to its sensors' values (index = position of the sensor in the feed): a
+    ``TagCodes``, or an array of the values themselves; ``base_ms`` and ``delta_ms`` give step k the timestamp
+    ``base_ms + rint(k * delta_ms)``."""
 
     def __init__(
         self,
         column_names: Sequence[str],
         ts_column: str,
-        tags: dict[str, np.ndarray],
+        tags: Mapping[str, TagCodes | np.ndarray],
         field_names: Sequence[str],
         *,
         base_ms: int,
@@ -91,23 +107,18 @@ class RowLayout:
     ):
         self.column_names = tuple(column_names)
         self.ts_column = ts_column
-        self.tags = dict(tags)
+        self.tags = {name: _as_codes(values) for name, values in tags.items()}
         self.field_names = tuple(field_names)
         self.base_ms = base_ms
         self.delta_ms = delta_ms
-        self.sensors = len(next(iter(self.tags.values()))) if self.tags else 0
+        self.sensors = len(next(iter(self.tags.values())).codes) if self.tags else 0
         # The spliced encodings rely on the order ts, tags, fields (what schema.table_for_model builds); any other
         # order falls back to the reference encodings.
         self.fast = self.sensors > 0 and self.column_names == (ts_column, *self.tags, *self.field_names)
-        # orjson's text of every tag value: the same bytes the reference encoders write for it.
-        encoded = [[orjson.dumps(value) for value in values.tolist()] for values in self.tags.values()]
-        self._bulk_tags = [b",".join(texts) for texts in zip(*encoded, strict=True)]  # "t1,t2,..." per sensor
-        # Per tag column, one step's values each followed by a comma, and where each value's text starts.
-        self._unnest_tags = []
-        for texts in encoded:
-            starts = np.zeros(len(texts) + 1, dtype=np.int64)
-            np.cumsum([len(text) + 1 for text in texts], out=starts[1:])
-            self._unnest_tags.append((b"".join(text + b"," for text in texts), starts.tolist()))
+        # orjson's text of each distinct value of a coded tag: the same bytes the reference encoders write for it.
+        self._value_texts = {name: _texts_of(tag.values) for name, tag in self.tags.items() if tag.values is not None}
+        self._bulk: _BulkTags | None = None  # built at the first bulk body
+        self._unnest: list[_TextColumn] | None = None  # built at the first unnest body
         self._prefixes: dict[tuple[str, str], bytes] = {}
 
     def ts_ms(self, steps: np.ndarray) -> np.ndarray:
@@ -119,7 +130,7 @@ class RowLayout:
         rows = np.arange(first_row, first_row + count, dtype=np.int64)
         sensor = rows % self.sensors
         by_name = {self.ts_column: self.ts_ms(rows // self.sensors)}
-        by_name.update((name, values[sensor]) for name, values in self.tags.items())
+        by_name.update((name, tag.decoded(sensor)) for name, tag in self.tags.items())
         by_name.update(zip(self.field_names, fields, strict=True))
         return tuple(by_name[name] for name in self.column_names)
 
@@ -130,6 +141,41 @@ class RowLayout:
             args = b',"args":[' if method == "unnest" else b',"bulk_args":['
             prefix = self._prefixes[key] = b'{"stmt":' + orjson.dumps(statement) + args
         return prefix
+
+    def tag_texts(self, name: str, positions: slice) -> np.ndarray:
+        """The JSON text of tag ``name`` for the sensors at ``positions``, as a fixed-width bytes array."""
+        tag = self.tags[name]
+        codes = tag.codes[positions]
+        return _decimal_texts(codes) if tag.values is None else self._value_texts[name][codes]
+
+    def _bulk_tags(self) -> _BulkTags:
+        if self._bulk is None:
+            blocks = []
+            for start in range(0, self.sensors, _TEXT_BLOCK):
+                part = slice(start, start + _TEXT_BLOCK)
+                texts = [self.tag_texts(name, part) for name in self.tags]
+                joined = texts[0]
+                for more in texts[1:]:
+                    joined = np.strings.add(np.strings.add(joined, b","), more)
+                blocks.append(joined)
+            width = max(block.dtype.itemsize for block in blocks)
+            texts = np.concatenate([block.astype(f"S{width}") for block in blocks])
+            objects = texts.tolist() if self.sensors <= _BULK_OBJECTS_MAX_SENSORS else None
+            self._bulk = _BulkTags(texts, objects)
+        return self._bulk
+
+    def _unnest_tags(self) -> list[_TextColumn]:
+        if self._unnest is None:
+            self._unnest = [
+                _TextColumn.of(
+                    [
+                        self.tag_texts(name, slice(start, start + _TEXT_BLOCK))
+                        for start in range(0, self.sensors, _TEXT_BLOCK)
+                    ]
+                )
+                for name in self.tags
+            ]
+        return self._unnest
 
     def _step_counts(self, first_row: int, count: int) -> tuple[int, list[int]]:
         """The first step of the rows and how many of the rows fall in each step from there."""
@@ -147,8 +193,8 @@ class RowLayout:
         parts[-1] = parts[-1][:-1]  # no comma after the last timestamp
         parts.append(b"]")
         position = first_row % self.sensors
-        for template, starts in self._unnest_tags:
-            parts += [b",[", _cycle(template, starts, position, count), b"]"]
+        for column in self._unnest_tags():
+            parts += [b",[", column.cycle(position, count), b"]"]
         for values in fields:
             parts += [b",", orjson.dumps(values, option=_NUMPY)]
         parts.append(b"]}")
@@ -176,7 +222,7 @@ class RowLayout:
                 opens += [b"[%d" % stamp] * rows
             slots.append(opens)
         position = first_row % n
-        slots.append((self._bulk_tags * len(counts))[position : position + count])
+        slots.append(self._bulk_tags().pieces(position, count))
         slots += [_run_texts(kind, run, b"") for kind, run in middle]
         if merge_opens:
             # Row i ends with its bools, "],[" and the timestamp of row i + 1 (row i's step, but at a step's end).
@@ -201,14 +247,111 @@ class RowLayout:
         return b",".join(pieces)
 
 
-def _cycle(template: bytes, starts: list[int], position: int, count: int) -> bytes:
-    """``count`` comma-separated values from a one-step ``template`` (each value followed by a comma), starting at
-    value ``position`` and wrapping around to value 0 at each new step; without the final comma."""
-    n = len(starts) - 1
-    if position + count <= n:
-        return template[starts[position] : starts[position + count] - 1]
-    full, tail = divmod(count - (n - position), n)
-    return b"".join((template[starts[position] :], template * full, template[: starts[tail]]))[:-1]
+@dataclass(frozen=True)
+class _TextColumn:
+    """One tag column for unnest: every sensor's text followed by a comma, in one buffer, and where each starts."""
+
+    template: bytes
+    starts: np.ndarray  # n + 1 offsets into template (int32 while it is below 2 GB)
+
+    @classmethod
+    def of(cls, blocks: list[np.ndarray]) -> _TextColumn:
+        """From fixed-width texts (in blocks of sensors): drop the padding, put a comma after each text."""
+        buffers, lengths = [], []
+        for texts in blocks:
+            with_comma = np.strings.add(texts, b",")
+            flat = with_comma.view(np.uint8)
+            buffers.append(flat[flat != 0].tobytes())  # JSON texts hold no NUL byte, so only the padding goes
+            lengths.append(np.strings.str_len(with_comma))
+        size = sum(len(buffer) for buffer in buffers)
+        starts = np.zeros(sum(len(part) for part in lengths) + 1, dtype=np.int32 if size < 2**31 else np.int64)
+        if len(starts) > 1:
+            np.cumsum(np.concatenate(lengths), out=starts[1:])
+        return cls(b"".join(buffers), starts)
+
+    def cycle(self, position: int, count: int) -> bytes:
+        """``count`` comma-separated values starting at sensor ``position`` and wrapping around to sensor 0 at each
+        new step; without the final comma."""
+        n = len(self.starts) - 1
+        template, starts = self.template, self.starts
+        if position + count <= n:
+            return template[int(starts[position]) : int(starts[position + count]) - 1]
+        full, tail = divmod(count - (n - position), n)
+        return b"".join((template[int(starts[position]) :], template * full, template[: int(starts[tail])]))[:-1]
+
+
+@dataclass(frozen=True)
+class _BulkTags:
+    """Each sensor's ``t1,t2,...`` for bulk rows: a fixed-width array, and for small fleets its bytes objects."""
+
+    texts: np.ndarray
+    objects: list[bytes] | None
+
+    def pieces(self, position: int, count: int) -> list[bytes]:
+        """The texts of ``count`` rows from sensor ``position`` on, wrapping around to sensor 0 at each new step."""
+        n = len(self.texts)
+        if self.objects is not None:
+            return (self.objects * -(-(position + count) // n))[position : position + count]
+        if position + count <= n:
+            return self.texts[position : position + count].tolist()
+        full, tail = divmod(count - (n - position), n)
+        return self.texts[position:].tolist() + self.texts.tolist() * full + self.texts[:tail].tolist()
+
+
+def _as_codes(values: TagCodes | np.ndarray) -> TagCodes:
+    """A tag column as codes: integers stand for themselves, any other values are numbered by their distinct values."""
+    if isinstance(values, TagCodes):
+        return values
+    array = np.asarray(values)
+    if array.dtype.kind in "iu":
+        return TagCodes(array, None)
+    distinct, codes = np.unique(array, return_inverse=True)
+    return TagCodes(codes.reshape(-1), distinct)
+
+
+def _texts_of(values: np.ndarray) -> np.ndarray:
+    """orjson's text of each value, as a fixed-width bytes array (no JSON text ends in a NUL byte, which numpy
+    would strip)."""
+    if values.dtype.kind in "iu":
+        return _decimal_texts(values)  # an integer tag may have many values ("n": 1000000)
+    # bytes(memoryview(...)) keeps an exact-size copy: orjson's own result keeps a buffer of several KB alive.
+    return np.array([bytes(memoryview(orjson.dumps(value))) for value in values.tolist()], dtype=bytes)
+
+
+def _decimal_texts(values: np.ndarray) -> np.ndarray:
+    """The decimal text of each integer (what orjson writes for it), as a fixed-width bytes array.
+
+    Vectorised: the values are grouped by sign and number of digits (ids in a range fall into a few groups), and
+    each group's digits are written column by column, one division by 10 per digit (numpy's own int-to-bytes
+    conversion costs ~300 ns per value)."""
+    values = np.asarray(values, dtype=np.int64)
+    if not values.size:
+        return np.zeros(0, dtype="S1")
+    negative = values < 0
+    magnitude = np.abs(values).astype(np.uint64)  # abs of the smallest int64 wraps to itself: 2**63 as uint64
+    if magnitude.max() < 2**32:
+        magnitude = magnitude.astype(np.uint32)  # divides several times faster
+    digits = np.searchsorted(_POWERS_OF_TEN, magnitude, side="right").astype(np.int64) + 1
+    key = digits * 2 + negative
+    width = int((digits + negative).max())
+    out = np.zeros((len(values), width), dtype=np.uint8)
+    out[negative, 0] = ord("-")
+    groups = np.flatnonzero(np.bincount(key)).tolist()  # at most 40 keys: cheaper than np.unique's hashing
+    for group in groups:
+        count, sign = divmod(group, 2)
+        rows = np.flatnonzero(key == group) if len(groups) > 1 else slice(None)
+        remaining = magnitude[rows]
+        block = np.empty((len(remaining), count), dtype=np.uint8)
+        for place in range(count - 1, -1, -1):
+            remaining, digit = np.divmod(remaining, 10)
+            block[:, place] = digit
+        block += ord("0")
+        out[rows, sign : sign + count] = block
+    return out.view(f"S{width}").reshape(-1)
+
+
+# 10**1 .. 10**19: the number of these a magnitude reaches, plus one, is its number of decimal digits
+_POWERS_OF_TEN = np.array([10**k for k in range(1, 20)], dtype=np.uint64)
 
 
 def _field_runs(fields: tuple) -> list[tuple[str, list[np.ndarray]]]:

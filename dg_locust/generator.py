@@ -4,8 +4,14 @@
 (steps, sensors): float64 for FLOAT fields, bool for BOOL fields. Row-major order is step by step, so
 ``array.ravel()`` lists the sensors of step 0, then of step 1, and so on. The fleet remembers where every sensor
 is, so consecutive calls continue each sensor's signal. ``next_steps_with_errors()`` also says which FLOAT values
-are errors. Pure arithmetic, no I/O. Everything is vectorised over sensors and steps at once: random numbers are
-drawn in bulk and the walk's recursion is a prefix scan, so the only Python loop runs log2(steps) times per call.
+are errors. ``next_rows(count)`` returns the next ``count`` values of that row-major order as flat arrays, so it
+can start and end in the middle of a step: a fleet of a million sensors hands out a part of a step without
+generating the whole step. Pure arithmetic, no I/O. Everything is vectorised over sensors and steps at once:
+random numbers are drawn in bulk and the walk's recursion is a prefix scan, so the only Python loop runs
+log2(steps) times per call.
+
+Memory: the state of a sensor is 9 bytes per FLOAT field (its walk position and error state) and nothing per BOOL
+field; the ids are the caller's array. A call's arrays are of the size of what it generates.
 
 FLOAT signal (what the model's parameters mean here):
 
@@ -31,7 +37,8 @@ Determinism: the same (seed, sensor ids, sequence of calls) gives the same data;
 seed, so two fleets with one seed but different ids do not repeat each other. Every random stream is drawn one
 number per (step, sensor) (errors: one per error value) in row-major order, so ``next_steps(4)`` followed by
 ``next_steps(6)`` gives the same booleans and error positions as ``next_steps(10)`` and the same floats up to
-rounding (well below 1e-12 relative; the scan sums the walk in another order).
+rounding (well below 1e-12 relative; the scan sums the walk in another order); so does any sequence of
+``next_rows`` calls covering the same rows.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ class Fleet:
             raise ValueError(f"seed must be >= 0 or None, got {seed}")
         self.model = model
         self.sensor_ids = ids
-        self.tags = model.tag_values(ids)
+        self._row = 0  # rows generated so far, in row-major (step, sensor) order
         if seed is None:
             root = np.random.SeedSequence()
         else:
@@ -80,6 +87,11 @@ class Fleet:
     def size(self) -> int:
         return len(self.sensor_ids)
 
+    @property
+    def tags(self) -> dict[str, np.ndarray]:
+        """Tag column -> value of every sensor, computed on each access (the fleet itself keeps no tag arrays)."""
+        return self.model.tag_values(self.sensor_ids)
+
     def next_steps(self, steps: int) -> dict[str, np.ndarray]:
         """Advance every sensor by ``steps`` steps; field column -> array of shape (steps, sensors)."""
         return self.next_steps_with_errors(steps)[0]
@@ -89,13 +101,45 @@ class Fleet:
         error value rather than a normal one."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        if self._row % max(self.size, 1):
+            raise ValueError("next_steps() needs whole steps, but next_rows() stopped in the middle of a step")
+        self._row += steps * self.size
+        return self._advance(0, self.size, steps)
+
+    def next_rows(self, count: int) -> dict[str, np.ndarray]:
+        """The next ``count`` rows in row-major (step, sensor) order; field column -> flat array of ``count``.
+
+        The rows may start and end in the middle of a step: each part (the rest of the current step, whole steps,
+        the start of the last step) advances only the sensors it covers."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if count and not self.size:
+            raise ValueError("a fleet without sensors has no rows")
+        parts: list[dict[str, np.ndarray]] = []
+        while count > 0 or not parts:
+            position = self._row % self.size if self.size else 0
+            if position == 0 and count >= self.size:
+                steps = count // self.size if self.size else 0
+                lo, hi = 0, self.size
+            else:
+                steps, lo, hi = 1, position, min(self.size, position + count)
+            values = self._advance(lo, hi, steps)[0]
+            parts.append({column: array.reshape(-1) for column, array in values.items()})
+            self._row += steps * (hi - lo)
+            count -= steps * (hi - lo)
+        if len(parts) == 1:
+            return parts[0]
+        return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
+
+    def _advance(self, lo: int, hi: int, steps: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Advance sensors lo..hi-1 by ``steps`` steps: values and error flags of shape (steps, hi - lo)."""
         values: dict[str, np.ndarray] = {}
         errors: dict[str, np.ndarray] = {}
         for signal in self._signals:
             if isinstance(signal, _FloatSignal):
-                values[signal.column], errors[signal.column] = signal.next_steps(steps)
+                values[signal.column], errors[signal.column] = signal.next_steps(steps, lo, hi)
             else:
-                values[signal.column] = signal.next_steps(steps)
+                values[signal.column] = signal.next_steps(steps, lo, hi)
         return values, errors
 
 
@@ -103,11 +147,10 @@ class _BoolSignal:
     def __init__(self, spec: BoolField, n: int, stream: np.random.SeedSequence) -> None:
         self.column = spec.column
         self.ratio = spec.true_ratio
-        self.n = n
         self.rng = np.random.Generator(np.random.SFC64(stream))
 
-    def next_steps(self, steps: int) -> np.ndarray:
-        return self.rng.random((steps, self.n)) < self.ratio
+    def next_steps(self, steps: int, lo: int, hi: int) -> np.ndarray:
+        return self.rng.random((steps, hi - lo)) < self.ratio
 
 
 class _FloatSignal:
@@ -115,7 +158,6 @@ class _FloatSignal:
 
     def __init__(self, spec: FloatField, n: int, stream: np.random.SeedSequence) -> None:
         self.column = spec.column
-        self.n = n
         self.lo, self.hi, self.mean = spec.min, spec.max, spec.mean
         self.center, spread = _solve_folded_normal(spec.mean, spec.stdev, spec.min, spec.max)
         self.phi = min(1.0, max(0.0, 1.0 - spec.variance**2 / (2.0 * spread**2))) if spread > 0 else 0.0
@@ -142,12 +184,14 @@ class _FloatSignal:
         self.offset = self.walk_rng.standard_normal(n) * spread  # y - center of the last normal value
         self.in_error = self.chain_rng.random(n) < rate if rate > 0 else np.zeros(n, dtype=bool)
 
-    def next_steps(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        error = self._error_states(steps)
-        offsets = self._walk(steps, error)
+    def next_steps(self, steps: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Advance sensors lo..hi-1 (their state only) by ``steps`` steps: values and error flags."""
+        offset, in_error = self.offset[lo:hi], self.in_error[lo:hi]
+        error = self._error_states(steps, in_error)
+        offsets = self._walk(steps, error, offset)
         if steps:
-            self.offset = offsets[-1].copy()
-            self.in_error = error[-1].copy()
+            offset[:] = offsets[-1]
+            in_error[:] = error[-1]
         values = offsets
         values += self.center
         self._fold(values)
@@ -155,7 +199,7 @@ class _FloatSignal:
             self._place_errors(values, error)
         return values, error
 
-    def _error_states(self, steps: int) -> np.ndarray:
+    def _error_states(self, steps: int, in_error: np.ndarray) -> np.ndarray:
         """The error state of every (step, sensor), as the Markov chain from each sensor's current state.
 
         With one uniform u per step: when p <= 1 - q, u < p means "error" and u >= 1 - q means "normal" whatever
@@ -164,9 +208,10 @@ class _FloatSignal:
         (very short runs) the middle band flips the state instead, and the parity of flips since the last decisive
         step is applied on top.
         """
+        n = len(in_error)
         if self.p == 0:
-            return np.zeros((steps, self.n), dtype=bool)
-        u = self.chain_rng.random((steps, self.n))
+            return np.zeros((steps, n), dtype=bool)
+        u = self.chain_rng.random((steps, n))
         low, high = min(self.p, 1.0 - self.q), max(self.p, 1.0 - self.q)
         to_error = u < low
         decisive = to_error | (u >= high)
@@ -177,7 +222,7 @@ class _FloatSignal:
         np.maximum.accumulate(key, axis=0, out=key)
         unseen = key < 0
         state = (key & 1).astype(bool)
-        np.copyto(state, self.in_error[None, :], where=unseen)
+        np.copyto(state, in_error[None, :], where=unseen)
         if self.p > 1.0 - self.q:
             flips = np.cumsum(~decisive, axis=0, dtype=np.int32)
             last = np.where(unseen, 0, key >> 1)
@@ -185,15 +230,16 @@ class _FloatSignal:
             state ^= ((flips - flips_before) & 1).astype(bool)
         return state
 
-    def _walk(self, steps: int, error: np.ndarray) -> np.ndarray:
+    def _walk(self, steps: int, error: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """Offsets from the walk's center after every step: the AR(1) recursion, frozen at error steps.
 
         The recursion x[t] = a[t] * x[t-1] + b[t] (a = phi, b = kick * N(0,1) on normal steps; a = 1, b = 0 on
         error steps) is composed by a log2(steps) prefix scan over whole arrays instead of a loop over steps.
         """
-        b = self.walk_rng.standard_normal((steps, self.n))
+        n = len(offset)
+        b = self.walk_rng.standard_normal((steps, n))
         b *= self.kick
-        a = np.full((steps, self.n), self.phi)
+        a = np.full((steps, n), self.phi)
         if self.p > 0:
             b[error] = 0.0
             a[error] = 1.0
@@ -202,7 +248,7 @@ class _FloatSignal:
             b[shift:] += a[shift:] * b[:-shift]
             a[shift:] *= a[:-shift]
             shift *= 2
-        a *= self.offset
+        a *= offset
         b += a
         return b
 

@@ -5,7 +5,9 @@ one key naming the table, holding ``tags`` (integer N, list of values, or ``"id"
 each parameter written as ``{"value": x}``). ``load_model()`` reads a file and ``parse_model()`` an already decoded
 object; both return a frozen ``Model`` or raise ``ModelError`` with one line that names the file, the offending key
 and what to change. ``Model.tag_values()`` derives the tag columns of any sensor ids with a true mixed-radix mapping,
-so ids 1..product(cardinalities) each get their own tag combination. This module does no I/O beyond reading the file.
+so ids 1..product(cardinalities) each get their own tag combination; ``Model.tag_codes()`` gives the same mapping
+in compact form (a small code per sensor and tag, see ``TagCodes``), for fleets of millions of sensors. This module
+does no I/O beyond reading the file.
 
     model = load_model("models/temperature.json")   # or load_model("temperature") for a shipped model
     model.tag_values(np.arange(1, 501))             # {"plant": ..., "line": ..., "sensor_id": ...}
@@ -138,14 +140,39 @@ class Model:
         its own combination; after that the combinations repeat.
         """
         ids = np.asarray(sensor_ids, dtype=np.int64)
+        return {name: tag.decoded() for name, tag in self.tag_codes(ids.copy()).items()}
+
+    def tag_codes(self, sensor_ids: np.ndarray) -> dict[str, TagCodes]:
+        """Column name -> the tag column of ``sensor_ids`` in compact form (see ``TagCodes``), in tag order.
+
+        The same mapping as ``tag_values``, without materialising the values: a non-id tag costs one small integer
+        per sensor (its mixed-radix digit), and the id tag holds ``sensor_ids`` itself (not a copy)."""
+        ids = np.asarray(sensor_ids, dtype=np.int64)
         if ids.size and ids.min() < 1:
             raise ValueError(f"sensor ids count from 1, got {int(ids.min())}")
         remaining = ids - 1
-        by_name: dict[str, np.ndarray] = {}
+        by_name: dict[str, TagCodes] = {}
         for name, values in reversed(self._digits):
             remaining, digit = np.divmod(remaining, len(values))
-            by_name[name] = values[digit]
-        return {tag.name: ids.copy() if tag.is_id else by_name[tag.name] for tag in self.tags}
+            by_name[name] = TagCodes(digit.astype(np.min_scalar_type(len(values) - 1)), values)
+        return {tag.name: TagCodes(ids, None) if tag.is_id else by_name[tag.name] for tag in self.tags}
+
+
+@dataclass(frozen=True)
+class TagCodes:
+    """One tag column for a set of sensors: a code per sensor, and the tag value each code stands for.
+
+    ``values[codes[i]]`` is the tag value of sensor i; when ``values`` is None (the id tag) the code is the value.
+    Non-id tags have a handful of distinct values, so their codes fit in one or two bytes per sensor and their
+    encodings can be prepared once per distinct value."""
+
+    codes: np.ndarray
+    values: np.ndarray | None
+
+    def decoded(self, positions=slice(None)) -> np.ndarray:
+        """The tag values of the sensors at ``positions`` (a slice or an index array)."""
+        codes = self.codes[positions]
+        return codes if self.values is None else self.values[codes]
 
 
 def load_model(path: str | os.PathLike[str]) -> Model:

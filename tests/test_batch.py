@@ -1,12 +1,15 @@
 import locust  # noqa: F401
 
 import math
+import tracemalloc
 
 import numpy as np
 import orjson
 import pytest
 
-from dg_locust.batch import Batch, RowLayout, all_rows_inserted, encode_bulk, encode_unnest
+from dg_locust import batch as batch_module
+from dg_locust import feed as feed_module
+from dg_locust.batch import Batch, RowLayout, _decimal_texts, all_rows_inserted, encode_bulk, encode_unnest
 from dg_locust.feed import FeedPlan, RowFeed
 from dg_locust.model import MODELS_DIR, load_model, parse_model
 from dg_locust.schema import table_for_model
@@ -177,3 +180,46 @@ def test_an_answer_with_every_row_inserted_is_recognised():
 )
 def test_anything_else_goes_to_the_full_parse(body, rows):
     assert not all_rows_inserted(body, rows)
+
+
+def test_decimal_texts_are_what_orjson_writes_for_each_integer():
+    edge = [0, 1, 9, 10, 99, 100, -1, -10, 2**31, 2**32 - 1, 2**32, 10**18, 2**63 - 1, -(2**63)]
+    randoms = np.random.default_rng(3).integers(-(2**63), 2**63 - 1, 5000).tolist()
+    for values in (edge, randoms, list(range(1, 2000)), [7], [-7]):
+        texts = _decimal_texts(np.array(values, dtype=np.int64))
+        assert texts.tolist() == [orjson.dumps(value) for value in values]
+
+
+@pytest.mark.parametrize("model", [load_model("power_plant"), parse_model(FLOAT_LAST)], ids=lambda m: m.table)
+@pytest.mark.parametrize("method", ["bulk", "unnest"])
+def test_bodies_of_a_fleet_larger_than_its_batches_parse_to_the_reference_encoding(model, method, monkeypatch):
+    # The limits of a large fleet, scaled down: no bulk tag objects kept, tag texts built in blocks, rows generated
+    # in parts of a step.
+    monkeypatch.setattr(batch_module, "_BULK_OBJECTS_MAX_SENSORS", 100)
+    monkeypatch.setattr(batch_module, "_TEXT_BLOCK", 64)
+    monkeypatch.setattr(feed_module, "GENERATION_GRAIN", 50)
+    sensors = 701
+    feed, table = feed_for(model, range(1_000_000, 1_000_000 + sensors), first_step=3)
+    statement = table.insert_sql(method)
+    reference = encode_unnest if method == "unnest" else encode_bulk
+    # Inside a step, up to a step's end, across one step boundary, and across two (a batch larger than a step).
+    for size in (1, 50, 649, 1, 2, 3, 600, 1500, 4, 120):
+        batch = feed.take(size)
+        assert batch.row_count == size
+        same_json(batch.encode(method, statement), reference(statement, batch.columns))
+    assert feed.rows_generated < 1 + 50 + 649 + 1 + 2 + 3 + 600 + 1500 + 4 + 120 + 50
+
+
+def test_a_feed_of_a_million_sensors_keeps_a_few_bytes_per_sensor():
+    model = load_model("temperature")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        feed, table = feed_for(model, np.arange(1, 1_000_001))
+        for method in ("bulk", "unnest"):
+            feed.take(20_000).encode(method, table.insert_sql(method))
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # ids 8, walk state 9, tag codes 2, bulk tag texts 12, unnest tag texts 3 x (text + 5): about 60 bytes
+    assert kept < 100 * 1_000_000

@@ -3,6 +3,7 @@ import locust  # noqa: F401
 import numpy as np
 import pytest
 
+from dg_locust import feed as feed_module
 from dg_locust.feed import FeedPlan, RowFeed
 from dg_locust.model import MODELS_DIR, load_model
 from dg_locust.schema import table_for_model
@@ -99,3 +100,36 @@ def test_columns_follow_the_table_and_carry_the_model_tags():
 def test_same_seed_same_rows():
     a, b = make_feed(seed=3), make_feed(seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(a.take(50).columns, b.take(50).columns, strict=True))
+
+
+@pytest.fixture
+def small_grain(monkeypatch):
+    """A fleet of 30 sensors behaves like one larger than the generation grain: steps are generated in parts."""
+    monkeypatch.setattr(feed_module, "GENERATION_GRAIN", 8)
+
+
+def test_a_step_larger_than_the_grain_is_generated_in_parts_just_ahead_of_the_batches(small_grain):
+    feed = make_feed(ids=range(1, 31))
+    seen = []
+    for size in (3, 7, 25, 1, 64, 2, 30, 8):
+        batch = feed.take(size)
+        assert batch.row_count == size
+        seen += rows_of(batch)
+        assert feed.rows_generated - len(seen) < 8  # never more than a grain generated ahead
+        assert feed.next_step == len(seen) // 30
+    expected = [(sensor, 1600163743500 + step * 500) for step in range(5) for sensor in range(1, 31)]
+    assert seen == expected[:140]
+
+
+def test_parts_of_a_step_are_due_with_the_step_and_the_lease_still_counts_whole_steps(small_grain):
+    clock = FakeClock(5000.0)
+    feed = make_feed(ids=range(1, 31), mode="consecutive", delta=2.0, clock=clock)
+    feed.step_limit = 2
+    assert feed.take(10).row_count == 10
+    assert feed.seconds_until_due() == 0.0  # the rest of step 0 is due already
+    assert feed.take(100).row_count == 20
+    assert feed.take(100) is None
+    assert feed.seconds_until_due() == pytest.approx(2.0)
+    clock.now += 10.0  # five more steps are due, but the lease allows one
+    assert feed.take(45).row_count == 30
+    assert feed.take(45) is None and not feed.exhausted

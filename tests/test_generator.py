@@ -1,5 +1,7 @@
 import locust  # noqa: F401
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -273,3 +275,45 @@ def test_bounds_far_beyond_the_spread_give_the_plain_walk():
     values = Fleet(model, np.arange(1, 9), seed=3).next_steps(20_000)["v"]
     assert np.isfinite(values).all()
     assert abs(values.std() / 1e5 - 1) < 0.15
+
+
+def test_rows_in_parts_of_steps_are_the_rows_of_whole_steps():
+    model = MODELS["flipping_errors"]
+    whole = Fleet(model, np.arange(1, 21), seed=4).next_steps(300)
+    fleet = Fleet(model, np.arange(1, 21), seed=4)
+    # Parts that start and end mid-step, stay inside one step, span several, and fall on step boundaries.
+    sizes = [3, 17, 0, 20, 41, 1, 19, 200, 7, 13, 40, 5639]
+    parts = [fleet.next_rows(size) for size in sizes]
+
+    assert [len(part["x"]) for part in parts] == sizes
+    assert np.array_equal(np.concatenate([part["flag"] for part in parts]), whole["flag"].ravel())
+    # Error values are drawn where the error chain says, so equal floats also mean equal error positions.
+    np.testing.assert_allclose(np.concatenate([part["x"] for part in parts]), whole["x"].ravel(), rtol=1e-12)
+
+
+def test_whole_steps_need_a_fleet_at_a_step_boundary():
+    fleet = Fleet(load_model("temperature"), np.arange(1, 11), seed=1)
+    fleet.next_rows(25)
+    with pytest.raises(ValueError, match="whole steps"):
+        fleet.next_steps(1)
+    fleet.next_rows(5)
+    assert fleet.next_steps(2)["value"].shape == (2, 10)
+
+
+def test_a_million_sensors_cost_a_few_bytes_each_and_a_part_of_a_step_costs_only_its_rows():
+    tracemalloc.start()
+    try:
+        ids = np.arange(1, 1_000_001)
+        before = tracemalloc.get_traced_memory()[0]
+        fleet = Fleet(load_model("factory"), ids, seed=2)  # 3 FLOAT fields, 1 BOOL
+        state = tracemalloc.get_traced_memory()[0] - before
+        fleet.next_rows(999_990)  # to the end of step 0, then across into step 1
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        rows = fleet.next_rows(1000)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert len(rows["spindle_rpm"]) == 1000
+    assert state < 3 * 10 * 1_000_000  # walk position and error state: 9 bytes per sensor and FLOAT field
+    assert peak < 1_000 * 4 * 100  # a few temporaries of the 1000 rows, nothing of the million sensors

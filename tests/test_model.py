@@ -327,3 +327,21 @@ def test_zero_error_rate_ignores_error_length_and_room():
     spec["stdev"]["value"] = 1.5
 
     assert parse_model(obj).fields[0].error_rate == 0.0
+
+
+def test_tag_codes_give_the_tag_values_in_a_byte_or_two_per_sensor():
+    model = _three_tag_model()
+    ids = np.arange(1, 49)
+    codes = model.tag_codes(ids)
+    values = model.tag_values(ids)
+
+    assert list(codes) == list(values) == ["site", "hall", "bay", "sensor"]
+    for name, tag in codes.items():
+        assert tag.decoded().tolist() == values[name].tolist()
+        assert tag.decoded(slice(5, 9)).tolist() == values[name][5:9].tolist()
+        assert tag.decoded(np.array([40, 2])).tolist() == values[name][[40, 2]].tolist()
+    assert all(codes[name].codes.itemsize == 1 for name in ("site", "hall", "bay"))
+    assert codes["sensor"].codes is ids  # the id tag is the ids themselves, not a copy
+    flag = {"key": {"value": "on"}, "type": {"value": "BOOL"}, "true_ratio": {"value": 0.5}}
+    big = parse_model({"t": {"tags": {"n": 300, "id": "id"}, "fields": {"on": flag}}})
+    assert big.tag_codes(np.array([300]))["n"].codes.itemsize == 2
