@@ -163,7 +163,7 @@ def test_processes_option_runs_workers_with_disjoint_rows(double, tmp_path):
 
 def test_a_worker_started_after_one_was_killed_takes_over_its_sensors_without_duplicates(double, tmp_path):
     port = free_port()
-    master = Master(master_args(port, 2, 6, double.url, "15s"), tmp_path, PACED)
+    master = Master(master_args(port, 2, 6, double.url, "25s"), tmp_path, PACED)
     first, second = Worker(port, tmp_path, "first"), Worker(port, tmp_path, "second")
     master.wait_for(TAKES, 2)
     time.sleep(2)
@@ -195,7 +195,7 @@ def test_a_worker_started_after_one_was_killed_takes_over_its_sensors_without_du
 
 def test_a_stalled_worker_that_comes_back_after_a_takeover_never_sends_its_successors_rows(double, tmp_path):
     port = free_port()
-    master = Master(master_args(port, 2, 6, double.url, "14s"), tmp_path, PACED)
+    master = Master(master_args(port, 2, 6, double.url, "24s"), tmp_path, PACED)
     first, second = Worker(port, tmp_path, "first"), Worker(port, tmp_path, "second")
     master.wait_for(TAKES, 2)
     time.sleep(1.5)
