@@ -51,7 +51,7 @@ from cratedb_double import DoubleProcess  # noqa: E402
 from harness import cpu_model, load  # noqa: E402
 from test_sizer_end_to_end import per_second_sizes  # noqa: E402
 
-from dg_locust.sizer import BatchSizer, SizerSettings  # noqa: E402
+from dg_locust.sizing import BatchSizer, SizerSettings  # noqa: E402
 
 SUMMARY = re.compile(r"^dg summary: .*$", re.M)
 SIZE_LINE = re.compile(r"batch size \d+ -> \d+ \(.*\)$")
@@ -281,14 +281,14 @@ def code_version() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "dg_locust/sizer.py"],
+            ["git", "status", "--porcelain", "--", "dg_locust/sizing/"],
             cwd=PROJECT_DIR,
             capture_output=True,
             text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
-    return f"{commit}" + (", dg_locust/sizer.py modified in the working tree" if dirty else "")
+    return f"{commit}" + (", dg_locust/sizing/ modified in the working tree" if dirty else "")
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from cratedb_double import DoubleProcess, count_rows, duplicate_keys
 from locust_run import PROJECT_DIR, LocustResult, run_locust
 
 from dg_locust.client import CrateHttpClient, _Answer
-from dg_locust.sizer import BatchSizer, SizerSettings
+from dg_locust.sizing import BatchSizer, SizerSettings
 
 TABLE = "doc.temperature"
 KEY = ["sensor_id", "ts"]

@@ -1,6 +1,6 @@
 import locust  # noqa: F401
 
-# Tests of dg_locust.sizer: the adaptive batch sizer against simulated CrateDB servers, on a fake clock.
+# Tests of dg_locust.sizing: the adaptive batch sizer against simulated CrateDB servers, on a fake clock.
 # The simulator is an event simulation: N users each take `sizer.current`, send a batch whose latency the simulated
 # server decides at send time, and report it when it completes (a heap of completion times drives the fake clock).
 # Nothing sleeps; every run is seeded, so every number below is reproducible.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings, SizerState
+from dg_locust.sizing import BatchSizer, FixedBatchSize, SizerSettings, SizerState
 
 USERS = 8
 TOLERANCE = 0.25  # "settled" means the incumbent is within +-25 % of the true optimum
