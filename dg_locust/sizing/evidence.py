@@ -4,11 +4,13 @@ Owns `RateBook`. Rates are kept as natural logarithms, so differences read as re
 and the noise of a window is one relative spread for every size.
 
 The noise is the spread of one window's rate at a fixed size. It is learned from the windows themselves: each window
-of a size that already has windows adds its residual against their mean (scaled so that it estimates the variance
-of one window), and the spread is the median of the last `_NOISE_RESIDUALS` residuals / 0.6745, a robust estimate
-that one real change of the cluster does not inflate. Until enough windows were seen, a prior of `_PRIOR_NOISE`
-(what a steady cluster shows over a few seconds) stands in. The noise outlives forgetting the sizes' rates: a
-cluster that changed is as noisy as before.
+of a size that already has windows adds its residual against their mean (scaled so that its square estimates the
+variance of one window), and the spread is the root mean square of the last `_NOISE_RESIDUALS` residuals. Each
+residual is clipped at 3x the spread so far, so that one real change of the cluster inflates it by ~15 % at most;
+no median, because a run of quiet windows would make a median fall far below the spread that matters, and an
+underestimated noise is what makes a sizer wander. Until enough windows were seen, a prior of `_PRIOR_NOISE` (what a
+steady cluster shows over a few seconds) stands in. The noise outlives forgetting the sizes' rates: a cluster that
+changed is as noisy as before.
 
 A comparison of a challenger with a reference size gives the difference of their mean log rates and its standard
 error ``noise * sqrt(1/n_challenger + 1/n_reference)``; the policy decides what difference counts.
@@ -22,11 +24,11 @@ from collections import deque
 from dataclasses import dataclass
 
 _KEEP = 8  # windows kept per size: enough to average noise, few enough to follow a drifting cluster
-_NOISE_RESIDUALS = 15  # residuals the noise estimate is the median of
-_PRIOR_NOISE = 0.03  # relative spread of one window assumed until windows show otherwise
+_NOISE_RESIDUALS = 30  # residuals the noise estimate averages
+_PRIOR_NOISE = 0.02  # relative spread of one window assumed until windows show otherwise
 _PRIOR_WEIGHT = 4  # the prior counts as this many residuals, until real ones push it out
+_CLIP = 3.0  # residuals beyond this many times the spread so far count as this many
 _MIN_NOISE = 0.005  # no measurement is more precise than this, whatever a quiet simulation shows
-_MAD_TO_SD = 0.6745  # median absolute deviation of a normal distribution, in standard deviations
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,12 @@ class RateBook:
     def __init__(self, stale_windows: int) -> None:
         self._stale_windows = stale_windows
         self._samples: dict[int, deque[_Sample]] = {}
-        self._residuals: deque[float] = deque([_PRIOR_NOISE * _MAD_TO_SD] * _PRIOR_WEIGHT, maxlen=_NOISE_RESIDUALS)
+        self._squares: deque[float] = deque([_PRIOR_NOISE**2] * _PRIOR_WEIGHT, maxlen=_NOISE_RESIDUALS)
 
     @property
     def noise(self) -> float:
         """The spread (standard deviation) of one window's log rate at a fixed size."""
-        return max(_MIN_NOISE, statistics.median(self._residuals) / _MAD_TO_SD)
+        return max(_MIN_NOISE, math.sqrt(statistics.fmean(self._squares)))
 
     def _fresh(self, index: int, window: int) -> list[_Sample]:
         return [s for s in self._samples.get(index, ()) if window - s.window <= self._stale_windows]
@@ -80,7 +82,8 @@ class RateBook:
         if fresh:
             n = len(fresh)
             # Scaled so that its square estimates the variance of one window, whatever the number averaged.
-            self._residuals.append(abs(log_rate - statistics.fmean(s.log_rate for s in fresh)) * math.sqrt(n / (n + 1)))
+            residual = abs(log_rate - statistics.fmean(s.log_rate for s in fresh)) * math.sqrt(n / (n + 1))
+            self._squares.append(min(residual, _CLIP * self.noise) ** 2)
         kept = self._samples.setdefault(index, deque(maxlen=_KEEP))
         if len(kept) > len(fresh):
             kept.clear()

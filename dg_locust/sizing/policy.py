@@ -66,6 +66,8 @@ class Policy:
         self.last_rate = 0.0  # rows/s of the last closed window
         self.rates = RateBook(settings.stale_windows)
         self.pressure = BackPressure(settings, grid)
+        # The size measured against the incumbent while climbing or probing; None when there is no such duel.
+        self._challenger: int | None = None
         self._climb = _Climb(direction=1, step=OCTAVE, moved=False, may_flip=True)
         self._narrow_step = 0  # grid steps of the pattern search
         self._probes: list[int] = []  # probes still to measure before holding again
@@ -96,6 +98,12 @@ class Policy:
             at = f"; {rate:.0f} rows/s at {self._grid[self.index]}" if rate is not None else ""
             self.reason = f"{why}{at}"
             self.index = index
+
+    def _measure_more(self, challenger: int, incumbent: int) -> None:
+        """A close call: measure whichever of the two has fewer windows (that narrows the error most)."""
+        w = self.windows
+        fewer = challenger if self.rates.windows_of(challenger, w) <= self.rates.windows_of(incumbent, w) else incumbent
+        self._go(fewer, self.phase.value)
 
     def _judge(self, challenger: int, incumbent: int) -> _Verdict:
         """Whether `challenger` should replace `incumbent`, on the windows so far (see the module docstring)."""
@@ -131,6 +139,7 @@ class Policy:
         if ceiling is not None:
             self.rates.forget_from(ceiling)
         self.phase = Phase.BACKOFF
+        self._challenger = None
         self._probes = []
         # The incumbent stays the best size remembered below the ceiling; the cut size competes with it next window.
         top = self.rates.top(self.windows)
@@ -142,7 +151,7 @@ class Policy:
         # before the episode, re-measuring it and its neighbours.
         self.best = before
         self.rates.forget(before)
-        self.phase, self._narrow_step = Phase.NARROWING, _PROBE
+        self.phase, self._narrow_step, self._challenger = Phase.NARROWING, _PROBE, None
         self._go(before, "recovered from overload")
 
     # --- decisions, one per closed window ----------------------------------------------------------------------------
@@ -159,16 +168,19 @@ class Policy:
             return
         if m.rows_per_s <= 0 or self.pressure.failing(now):
             return  # failures are going on: no measurement to trust, and growing is forbidden; keep measuring
-        surprise = self._surprise(m.rows_per_s) if self.phase is Phase.HOLDING and self.index == self.best else 0.0
+        holding = self.phase is Phase.HOLDING and self.index == self.best
+        surprise = self._surprise(m.rows_per_s) if holding else 0.0
         if surprise:
             self.rates.forget_all()  # the cluster changed: what was measured before no longer holds
         self.rates.add(self.index, m.rows_per_s, self.windows)
-        if self.phase in (Phase.GROWING, Phase.SHRINKING):
-            self._on_climbing(now)
+        if self._challenger is not None:
+            self._on_duel(self._challenger, now)
         elif self.phase is Phase.NARROWING:
             self._narrow(now)
         elif self.phase is Phase.BACKOFF:
             self._on_backoff(now)
+        elif self.phase in (Phase.GROWING, Phase.SHRINKING):
+            self._climb_on(now)  # the climb's first window measured its incumbent
         else:
             self._on_holding(surprise, now)
 
@@ -180,22 +192,31 @@ class Policy:
         deviation, se = found
         return deviation if abs(deviation) > max(math.log1p(self._s.change), _SURPRISE_Z * se) else 0.0
 
-    def _on_climbing(self, now: float) -> None:
+    def _challenge(self, challenger: int, phase: Phase) -> None:
+        self.phase = phase
+        self._challenger = challenger
+        self._go(challenger, phase.value)
+
+    def _on_duel(self, challenger: int, now: float) -> None:
+        verdict = self._judge(challenger, self.best)
+        if verdict is _Verdict.MORE:
+            self._measure_more(challenger, self.best)
+            return
+        self._challenger = None
+        if self.phase is Phase.PROBING:
+            self._after_probe(challenger, verdict, now)
+            return
         climb = self._climb
-        if self.index != self.best:
-            verdict = self._judge(self.index, self.best)
-            if verdict is _Verdict.MORE:
-                return
-            if verdict is _Verdict.TAKE:
-                self.best = self.index
-                climb.moved = True
-                climb.step = min(2 * climb.step, OCTAVE)
-            elif not climb.moved and climb.may_flip:
-                climb.direction = -climb.direction
-                climb.may_flip = False
-            else:
-                self._start_narrow(max(1, climb.step // 2), now)
-                return
+        if verdict is _Verdict.TAKE:
+            self.best = challenger
+            climb.moved = True
+            climb.step = min(2 * climb.step, OCTAVE)
+        elif not climb.moved and climb.may_flip:
+            climb.direction = -climb.direction
+            climb.may_flip = False
+        else:
+            self._start_narrow(max(1, climb.step // 2), now)
+            return
         self._climb_on(now)
 
     def _climb_on(self, now: float) -> None:
@@ -204,8 +225,7 @@ class Policy:
         for _ in range(2):
             target = min(max(self.best + climb.direction * climb.step, 0), top)
             if (target - self.best) * climb.direction > 0:
-                self.phase = Phase.GROWING if climb.direction > 0 else Phase.SHRINKING
-                self._go(target, self.phase.value)
+                self._challenge(target, Phase.GROWING if climb.direction > 0 else Phase.SHRINKING)
                 return
             if climb.moved or not climb.may_flip:
                 break
@@ -234,7 +254,7 @@ class Policy:
             for candidate in (i for i in (self.best - h, self.best + h) if 0 <= i <= top):
                 verdict = self._judge(candidate, self.best)
                 if verdict is _Verdict.MORE:
-                    self._go(candidate, Phase.NARROWING.value)
+                    self._measure_more(candidate, self.best)
                     return
                 if verdict is _Verdict.TAKE:
                     taken.append(candidate)
@@ -265,23 +285,18 @@ class Policy:
         found = [i for i in (above, below) if i != self.best]
         return found if up else found[::-1]
 
+    def _after_probe(self, probe: int, verdict: _Verdict, now: float) -> None:
+        if verdict is _Verdict.TAKE:
+            direction = 1 if probe > self.best else -1
+            self.best = probe
+            self._start_climb(direction, 2 * _PROBE, moved=True, may_flip=False, now=now)
+        elif self._probes:
+            self._challenge(self._probes.pop(0), Phase.PROBING)
+        else:
+            self._hold()
+
     def _on_holding(self, surprise: float, now: float) -> None:
-        i = self.index
-        if i != self.best:
-            # A probe window.
-            verdict = self._judge(i, self.best)
-            if verdict is _Verdict.MORE:
-                return
-            if verdict is _Verdict.TAKE:
-                direction = 1 if i > self.best else -1
-                self.best = i
-                self._start_climb(direction, 2 * _PROBE, moved=True, may_flip=False, now=now)
-            elif self._probes:
-                self._go(self._probes.pop(0), Phase.PROBING.value)
-            else:
-                self._hold()
-            return
-        if i > self.pressure.limit(now):
+        if self.index > self.pressure.limit(now):
             # The ceiling came down on the incumbent (an overload of another size): search below it.
             self._start_narrow(_PROBE, now)
             return
@@ -302,5 +317,4 @@ class Policy:
                 # often.
                 self._probes = [p for p in self._probe_targets(now, up=up) if (p > self.best) == up]
         if self._probes:
-            self.phase = Phase.PROBING
-            self._go(self._probes.pop(0), Phase.PROBING.value)
+            self._challenge(self._probes.pop(0), Phase.PROBING)
