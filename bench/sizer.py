@@ -127,6 +127,7 @@ class LocustCounters:
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/metrics"
         self.samples = 0
+        self.last = (0, 0, 0)
 
     def sample(self) -> tuple[int, int, int]:
         self.samples += 1
@@ -136,13 +137,17 @@ class LocustCounters:
             with urllib.request.urlopen(self.url, timeout=2) as response:
                 text = response.read().decode()
         except OSError:
-            text = ""  # not serving yet, or already gone
+            # Not serving yet, or already gone: the counters stand where they were.
+            self.last = (self.last[0] + 1, *self.last[1:])
+            return self.last
         for line in text.splitlines():
             name, _, value = line.partition("{")
             if name in totals:
                 totals[name] += float(value.rsplit(" ", 1)[1])
         not_inserted = totals["dg_rows_failed_total"] + totals["dg_rows_in_doubt_total"]
-        return int(totals["dg_batches_total"]) + self.samples, int(totals["dg_rows_inserted_total"]), int(not_inserted)
+        batches = int(totals["dg_batches_total"]) + self.samples
+        self.last = (batches, int(totals["dg_rows_inserted_total"]), int(not_inserted))
+        return self.last
 
 
 def free_port() -> int:

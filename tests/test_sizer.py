@@ -537,6 +537,30 @@ def test_the_first_window_after_a_change_waits_for_batches_of_the_old_size():
     assert trace.windows[1].last_window_rows_per_s == pytest.approx(USERS * 2_000 / 0.1, rel=0.05)
 
 
+class SlowSpellServer:
+    """`base`, but `slowdown` times slower from `start_s` to `end_s` seconds after `t0` (a partition being created)."""
+
+    def __init__(self, base: Server, clock: FakeClock, start_s: float, end_s: float, slowdown: float = 2.5) -> None:
+        self.base, self.clock, self.t0 = base, clock, clock.now
+        self.start_s, self.end_s, self.slowdown = start_s, end_s, slowdown
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        d, outcome = self.base.send(size, concurrency, rng)
+        slow = self.start_s <= self.clock.now - self.t0 < self.end_s
+        return d * self.slowdown if slow else d, outcome
+
+
+def test_one_slow_window_at_the_first_doubling_does_not_turn_the_search_around():
+    # The optimum is 10000 rows; the window that measures 2000 falls into a 3-s slow spell of the whole cluster. One
+    # window of each size would say "smaller is better" and search below the start size.
+    clock = FakeClock()
+    server = SlowSpellServer(Server(knee=knee_for(10_000), noise=0.1), clock, start_s=2.0, end_s=5.0)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(1), windows=30)
+    assert min(trace.currents) >= SizerSettings().start, [s.current for s in trace.windows]
+    assert settled_at(trace.windows, 10_000) is not None
+
+
 def test_log_lines_are_rate_limited_and_readable():
     clock = FakeClock()
     lines: list[tuple[float, str]] = []

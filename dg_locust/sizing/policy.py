@@ -11,8 +11,8 @@ its standard error from the measured noise and ``z = confidence``:
   noise lets one tell it costs at most the margin, and smaller batches are cheaper (memory, latency). On a plateau
   this leads to the smallest size within the margin of the best;
 * keep the incumbent once the challenger cannot win with more windows, or after ``confirm_windows`` windows;
-  otherwise measure the challenger another window. A noisy cluster thus makes close calls take more windows and
-  end with the incumbent, instead of following the noise.
+  otherwise measure another window of whichever of the two has fewer. A noisy cluster thus makes close calls take
+  more windows and end with the incumbent, instead of following the noise.
 """
 
 from __future__ import annotations
@@ -87,14 +87,11 @@ class Policy:
         elif window is not None:
             self._on_window(window, now)
 
-    def fresh_rate(self, index: int) -> float | None:
-        return self.rates.fresh_rate(index, self.windows)
-
     # --- moving ------------------------------------------------------------------------------------------------------
 
     def _go(self, index: int, why: str) -> None:
         if index != self.index:
-            rate = self.fresh_rate(self.index)
+            rate = self.rates.fresh_rate(self.index, self.windows)
             at = f"; {rate:.0f} rows/s at {self._grid[self.index]}" if rate is not None else ""
             self.reason = f"{why}{at}"
             self.index = index
@@ -103,7 +100,7 @@ class Policy:
         """A close call: measure whichever of the two has fewer windows (that narrows the error most)."""
         w = self.windows
         fewer = challenger if self.rates.windows_of(challenger, w) <= self.rates.windows_of(incumbent, w) else incumbent
-        self._go(fewer, self.phase.value)
+        self._go(fewer, f"{self.phase.value}, measuring again")
 
     def _judge(self, challenger: int, incumbent: int) -> _Verdict:
         """Whether `challenger` should replace `incumbent`, on the windows so far (see the module docstring)."""
@@ -202,11 +199,17 @@ class Policy:
         if verdict is _Verdict.MORE:
             self._measure_more(challenger, self.best)
             return
+        climb = self._climb
+        flip = verdict is _Verdict.KEEP and not climb.moved and climb.may_flip and self.phase is not Phase.PROBING
+        if flip and min(self.rates.windows_of(i, self.windows) for i in (challenger, self.best)) < 2:
+            # Turning the search around rests on two windows of each size: at the start (a table being created, a
+            # cold node) rows/s rise whatever the size, and one slow window must not send the search the wrong way.
+            self._measure_more(challenger, self.best)
+            return
         self._challenger = None
         if self.phase is Phase.PROBING:
             self._after_probe(challenger, verdict, now)
             return
-        climb = self._climb
         if verdict is _Verdict.TAKE:
             self.best = challenger
             climb.moved = True
