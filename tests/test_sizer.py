@@ -404,6 +404,20 @@ def test_does_not_stay_above_an_overload_cliff(kind, cliff):
     assert efficiency(trace, 30, r_opt) >= (0.85 if kind == "timeout" else 0.90)
 
 
+@pytest.mark.parametrize("kind", ["overload", "timeout"])
+def test_a_larger_size_that_overloads_sends_it_back_to_the_best_size_not_to_half(kind):
+    # Settled below a cliff, the sizer looks above it again as the ceiling decays. The failed look says nothing about
+    # the best size, which worked a window ago: it goes back there, not to half the failed size.
+    clock = FakeClock()
+    server = Server(knee=knee_for(40_000), noise=0.1, cliff=20_000, cliff_kind=kind)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(2), windows=120)
+    assert trace.windows[-1].backoffs > trace.windows[39].backoffs  # it did look above the cliff again, and failed
+    t40 = trace.times[39]
+    later = [size for (t, _), size in zip(trace.acked, trace.currents, strict=True) if t > t40]
+    assert min(later) >= 0.75 * 20_000, sorted(set(later))
+
+
 def test_overload_cuts_at_once_and_stragglers_do_not_cut_again():
     clock = FakeClock()
     sizer = new_sizer(clock, start=8_000)

@@ -25,11 +25,13 @@ Two parts
                 A window far off the best size's mean (more than ``change`` and three standard errors) means the
                 cluster changed: the other sizes are forgotten and both neighbours probed; beyond 2x either way the
                 search restarts with x2 steps.
-    backoff     overload halves the size at once and sets a ceiling at the failing size that decays (one grid step
-                per ``ceiling_decay_s``, slower each time it is hit again); after one window the sizer returns to the
-                best size it knows below the ceiling or climbs back with x1.41 steps. Overload that went on although
-                the size was halved did not depend on the size: once it stops, the sizer returns to its size from
-                before (at most once per ``ceiling_decay_s``).
+    backoff     overload sets a ceiling at the failing size that decays (one grid step per ``ceiling_decay_s``,
+                slower each time it is hit again). A larger size being tried (a probe or a climb) that fails sends
+                the size back to the best size, which worked a window ago; otherwise overload halves the size at
+                once, and after one window the sizer returns to the best size it knows below the ceiling or climbs
+                back with x1.41 steps. Overload that went on although the size was halved did not depend on the
+                size: once it stops, the sizer returns to its size from before (at most once per
+                ``ceiling_decay_s``).
 
     A challenger wins only by more than ``margin`` and ``confidence`` standard errors of the measured noise; a
     smaller one also wins if it costs at most ``margin`` as far as the noise lets one tell (so on a plateau the sizer

@@ -100,7 +100,8 @@ class Policy:
         """A close call: measure whichever of the two has fewer windows (that narrows the error most)."""
         w = self.windows
         fewer = challenger if self.rates.windows_of(challenger, w) <= self.rates.windows_of(incumbent, w) else incumbent
-        self._go(fewer, f"{self.phase.value}, measuring again")
+        again = ", measuring again" if self.rates.windows_of(fewer, w) else ""
+        self._go(fewer, f"{self.phase.value}{again}")
 
     def _judge(self, challenger: int, incumbent: int) -> _Verdict:
         """Whether `challenger` should replace `incumbent`, on the windows so far (see the module docstring)."""
@@ -135,8 +136,18 @@ class Policy:
         ceiling = self.pressure.ceiling(now)
         if ceiling is not None:
             self.rates.forget_from(ceiling)
+        challenger, self._challenger = self._challenger, None
+        failed = self._grid.index_at_or_below(size)
+        if challenger == self.index and failed > self.best and self.rates.windows_of(self.best, self.windows) > 0:
+            # A challenger larger than the incumbent failed: that is its answer. Back to the incumbent, which worked a
+            # window ago, rather than to half the failed size; if the incumbent fails too, that halves it.
+            self._go(self.best, f"back-off: {why} at {size}")
+            if self.phase is Phase.PROBING:
+                self._after_probe(challenger, _Verdict.KEEP, now)
+            else:  # the best size lies between the two: climb on with half the step
+                self._start_climb(1, max(1, self._climb.step // 2), moved=False, may_flip=False, now=now)
+            return
         self.phase = Phase.BACKOFF
-        self._challenger = None
         self._probes = []
         # The incumbent stays the best size remembered below the ceiling; the cut size competes with it next window.
         top = self.rates.top(self.windows)
