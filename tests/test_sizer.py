@@ -418,6 +418,36 @@ def test_a_larger_size_that_overloads_sends_it_back_to_the_best_size_not_to_half
     assert min(later) >= 0.75 * 20_000, sorted(set(later))
 
 
+class TimeoutCliffServer:
+    """Batches of up to `limit` rows take 0.5 s + 50 us per row; larger ones run into the client's 30 s timeout."""
+
+    def __init__(self, limit: int, timeout_s: float = 30.0) -> None:
+        self.limit, self.timeout_s = limit, timeout_s
+
+    def rows_per_s(self, size: int, concurrency: int) -> float:
+        return concurrency * size / (0.5 + 5e-5 * size) if size <= self.limit else 0.0
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        if size > self.limit:
+            return self.timeout_s, {"inserted": 0, "failed": 0, "in_doubt": size, "overload": False}
+        d = (0.5 + 5e-5 * size) * (1 + rng.uniform(-0.1, 0.1))
+        return d, {"inserted": size, "failed": 0, "in_doubt": 0, "overload": False}
+
+
+@pytest.mark.parametrize("limit", [12_000, 35_000])
+def test_sizes_that_time_out_are_looked_at_again_rarely(limit):
+    # Above `limit` every batch stalls its user for the 30-s client timeout (a real node at its limit). Each look above
+    # the ceiling costs all users that long, so the ceiling rises one step per 20x the stall at most (~5 % of the time).
+    clock = FakeClock()
+    server = TimeoutCliffServer(limit)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(limit), until_s=900)
+    r_opt = server.rows_per_s(limit, USERS)
+    settled = [(t, rows) for t, rows in trace.acked if t > clock.now - 780]
+    assert sum(rows for _, rows in settled) / 780 >= 0.9 * r_opt
+    assert sum(1 for _, size in trace.batches if size > limit) <= 5 * USERS  # a few looks above, each stalls 8 users
+
+
 def test_overload_cuts_at_once_and_stragglers_do_not_cut_again():
     clock = FakeClock()
     sizer = new_sizer(clock, start=8_000)

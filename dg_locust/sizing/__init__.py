@@ -26,7 +26,8 @@ Two parts
                 cluster changed: the other sizes are forgotten and both neighbours probed; beyond 2x either way the
                 search restarts with x2 steps.
     backoff     overload sets a ceiling at the failing size that decays (one grid step per ``ceiling_decay_s``,
-                slower each time it is hit again). A larger size being tried (a probe or a climb) that fails sends
+                slower each time it is hit again, and after a slow failure such as a timeout no faster than one step
+                per 20x the time it took). A larger size being tried (a probe or a climb) that fails sends
                 the size back to the best size, which worked a window ago; otherwise overload halves the size at
                 once, and after one window the sizer returns to the best size it knows below the ceiling or climbs
                 back with x1.41 steps. Overload that went on although the size was halved did not depend on the

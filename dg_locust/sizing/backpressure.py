@@ -7,6 +7,8 @@ Owns `BackPressure`, the part of the policy that reacts to failures (`policy.Pol
   first window only sets that level, so a constant share of refused rows - bad data, not load - is no overload).
 * The ceiling: sizes at or above the failing size are not used. It rises one grid step per ``ceiling_decay_s``
   seconds; each time a size right below a ceiling that had risen fails again, the decay slows down by 2x (up to 8x).
+  A failure that took long (a timeout) stalled every user that sent that size: then the ceiling rises one step per
+  20x that time at most, so that looking above it again costs at most ~5 % of the time.
 * An episode: overloads in a row, until no batch has failed for two windows' time. If the size was halved and the
   failures went on anyway, and none of its batches timed out (slow batches in doubt: those may really be too big),
   the failures did not depend on the batch size (a node restarting, a 503 storm) and the ceiling means nothing: the
@@ -25,6 +27,10 @@ from dg_locust.sizing.settings import SizerSettings
 
 _MAX_CEILING_REPEATS = 3  # the ceiling's decay slows down by 2x per repeated hit, at most this many times
 _TIMEOUT_FACTOR = 10  # a batch in doubt after this many times the healthy latency ran into a timeout
+_SLOW_FACTOR = 2  # a failure that took this many times the healthy latency stalled its user: costly to repeat
+# After a slow failure the ceiling rises no faster than one grid step per this many times the stall, so that looking
+# above it again costs at most ~5 % of the time however long the client's timeout is.
+_STALL_PERIODS = 20
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,20 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Signal:
+    """A batch that signalled overload."""
+
+    why: str  # for the log
+    timed_out: bool  # in doubt after a long time, at the size in use or smaller: that size may really be too big
+    stall_s: float  # how long it took, if longer than a healthy batch: sizes near it stall the users; else 0
+
+
+@dataclass(frozen=True)
 class Ceiling:
     index: int  # grid index: it and everything above are avoided
     since: float  # when it was set
     repeats: int  # how often it was hit again right after it rose; its decay slows down by 2x each time
+    stall_s: float = 0.0  # how long the failure that set it took, if slow
 
 
 @dataclass
@@ -75,7 +91,8 @@ class BackPressure:
         c = self._ceiling
         if c is None:
             return None
-        index = c.index + int((now - c.since) // (self._s.ceiling_decay_s * 2**c.repeats))
+        period = max(self._s.ceiling_decay_s * 2**c.repeats, _STALL_PERIODS * c.stall_s)
+        index = c.index + int((now - c.since) // period)
         return index if index < len(self._grid) else None
 
     def limit(self, now: float) -> int:
@@ -89,8 +106,8 @@ class BackPressure:
 
     # --- batches and windows ------------------------------------------------------------------------------------------
 
-    def assess(self, o: Outcome, now: float, current: int) -> tuple[str, bool] | None:
-        """Account one batch; if it signals overload, why, and whether it timed out at the size in use."""
+    def assess(self, o: Outcome, now: float, current: int) -> Signal | None:
+        """Account one batch; the overload it signals, if it does."""
         rows = o.inserted + o.failed + o.in_doubt
         refused = o.failed / rows if rows > 0 else 0.0
         # Failures of batches larger than the current size are explained by that size and already acted upon.
@@ -105,7 +122,8 @@ class BackPressure:
         # Stragglers of a larger size are slower anyway, and were acted upon already.
         timed_out = o.in_doubt > 0 and o.size <= current and not o.duration_s <= _TIMEOUT_FACTOR * self._healthy_latency
         why = "overload" if o.overload else "rows in doubt" if o.in_doubt else f"{refused:.0%} of rows refused"
-        return why, timed_out
+        slow = not o.duration_s <= _SLOW_FACTOR * self._healthy_latency
+        return Signal(why, timed_out, stall_s=o.duration_s if slow else 0.0)
 
     def refused_share_rose(self, share: float) -> bool:
         """Account a window's share of refused rows; True if it rose enough to count as overload."""
@@ -118,7 +136,7 @@ class BackPressure:
         self._refused_level += 0.5 * (share - self._refused_level)
         return rose
 
-    def overload(self, size: int, now: float, current: int, incumbent: int) -> int | None:
+    def overload(self, size: int, now: float, current: int, incumbent: int, stall_s: float = 0.0) -> int | None:
         """A batch of `size` rows signalled overload: lower the ceiling; the grid index to cut to, None for no cut.
 
         `current` and `incumbent` are grid indexes. A straggler of a size larger than the current one lowers the
@@ -128,7 +146,7 @@ class BackPressure:
         if fail > current:
             if ceiling is None or fail < ceiling:
                 repeats = self._ceiling.repeats if self._ceiling is not None and ceiling is not None else 0
-                self._ceiling = Ceiling(max(fail, 1), now, repeats)
+                self._ceiling = Ceiling(max(fail, 1), now, repeats, stall_s)
             return None
         # Hitting the top allowed size again right after the ceiling rose: the limit is real, decay slower. Only
         # after it rose: failures while first narrowing down onto a fresh ceiling are not a repeat.
@@ -136,7 +154,7 @@ class BackPressure:
         repeat = ceiling is not None and old is not None and ceiling > old.index and fail == ceiling - 1
         repeats = min(old.repeats + 1, _MAX_CEILING_REPEATS) if repeat and old is not None else 0
         if ceiling is None or fail < ceiling:
-            self._ceiling = Ceiling(max(fail, 1), now, repeats)  # index 0, the minimum, always stays allowed
+            self._ceiling = Ceiling(max(fail, 1), now, repeats, stall_s)  # index 0, the minimum, always stays allowed
         elif old is not None:
             self._ceiling = replace(old, repeats=repeats)
         if self.episode is None:

@@ -80,9 +80,8 @@ class Policy:
         """A batch finished; `window` is the window it closed, if it closed one."""
         signal = self.pressure.assess(outcome, now, self._grid[self.index])
         if signal is not None:
-            why, timed_out = signal
-            self._overload(outcome.size, now, why)
-            if timed_out:
+            self._overload(outcome.size, now, signal.why, stall_s=signal.stall_s)
+            if signal.timed_out:
                 self.pressure.mark_timed_out()
         elif window is not None:
             self._on_window(window, now)
@@ -127,8 +126,8 @@ class Policy:
 
     # --- back-pressure -----------------------------------------------------------------------------------------------
 
-    def _overload(self, size: int, now: float, why: str) -> None:
-        cut_to = self.pressure.overload(size, now, self.index, self.best)
+    def _overload(self, size: int, now: float, why: str, stall_s: float = 0.0) -> None:
+        cut_to = self.pressure.overload(size, now, self.index, self.best, stall_s)
         if cut_to is None:
             return  # a straggler of a larger size: the size was already cut below it
         if cut_to < self.index:
