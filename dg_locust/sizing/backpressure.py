@@ -51,7 +51,7 @@ class Signal:
 
     why: str  # for the log
     timed_out: bool  # in doubt after a long time, at the size in use or smaller: that size may really be too big
-    stall_s: float  # how long it took, if longer than a healthy batch: sizes near it stall the users; else 0
+    stall_s: float  # how long it took, if over twice a healthy batch: sizes near it stall the users; else 0
 
 
 @dataclass(frozen=True)
