@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dg_locust.sizer import SizerSettings
+from dg_locust.sizing import SizerSettings
 
 GROWTH = 2  # users per worker multiply by this from one stage to the next
 P99 = 0.99

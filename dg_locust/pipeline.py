@@ -22,7 +22,7 @@ from dg_locust.ledger import ClassLedger
 from dg_locust.model import Model, load_model
 from dg_locust.options import Settings
 from dg_locust.schema import TableSchema, table_for_model
-from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings
+from dg_locust.sizing import BatchSizer, FixedBatchSize, SizerSettings
 
 logger = logging.getLogger(__name__)
 

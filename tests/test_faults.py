@@ -26,7 +26,7 @@ from support import LocustResult, locust_command, run_locust
 from dg_locust.client import CrateHttpClient, _Answer
 from dg_locust.model import MODELS_DIR, load_model
 from dg_locust.schema import table_for_model
-from dg_locust.sizer import BatchSizer, SizerSettings
+from dg_locust.sizing import BatchSizer, SizerSettings
 
 TABLE = "doc.temperature"
 KEY = ["sensor_id", "ts"]

@@ -1,6 +1,6 @@
 import locust  # noqa: F401
 
-# Tests of dg_locust.sizer: the adaptive batch sizer against simulated CrateDB servers, on a fake clock.
+# Tests of dg_locust.sizing: the adaptive batch sizer against simulated CrateDB servers, on a fake clock.
 # The simulator is an event simulation: N users each take `sizer.current`, send a batch whose latency the simulated
 # server decides at send time, and report it when it completes (a heap of completion times drives the fake clock).
 # Nothing sleeps; every run is seeded, so every number below is reproducible.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dg_locust.sizer import BatchSizer, FixedBatchSize, SizerSettings, SizerState
+from dg_locust.sizing import BatchSizer, FixedBatchSize, SizerSettings, SizerState
 
 USERS = 8
 TOLERANCE = 0.25  # "settled" means the incumbent is within +-25 % of the true optimum
@@ -70,6 +70,83 @@ class Server:
         if kind == "rejections":  # half the rows rejected per row, without an overload signal
             refused = max(refused, size - size // 2)
         return d, {"inserted": size - refused, "failed": refused, "in_doubt": 0, "overload": False}
+
+
+@dataclass
+class PlateauServer:
+    """A cluster that takes at most `cap` rows/s: rows/s rise with the batch size up to the plateau, then stay flat
+    (latency grows with the queue instead). c * s / (overhead + s * per_row) below it."""
+
+    cap: float = 300_000
+    overhead_s: float = 0.05
+    per_row_s: float = 1e-6
+    noise: float = 0.1
+
+    def rows_per_s(self, size: float, concurrency: int) -> float:
+        return min(self.cap, concurrency * size / (self.overhead_s + size * self.per_row_s))
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        d = max(self.overhead_s + size * self.per_row_s, concurrency * size / self.cap)
+        d *= 1 + rng.uniform(-self.noise, self.noise)
+        return d, {"inserted": size, "failed": 0, "in_doubt": 0, "overload": False}
+
+
+@dataclass
+class NoisyCluster:
+    """`base`, with the whole cluster's speed changing every `period_s` seconds by a random factor in
+    [1 - amplitude, 1 + amplitude]: rows/s at a fixed size vary by that much from one window to the next, as on a
+    real node with refreshes and merges. The same for every size, so only averaging tells sizes apart."""
+
+    base: Server | PlateauServer
+    clock: FakeClock
+    amplitude: float = 0.3
+    period_s: float = 2.5
+    seed: int = 0
+    _factors: dict[int, float] = field(default_factory=dict)
+
+    def speed(self, t: float) -> float:
+        period = int(t // self.period_s)
+        if period not in self._factors:
+            self._factors[period] = 1 + random.Random(self.seed * 1_000_003 + period).uniform(-1, 1) * self.amplitude
+        return self._factors[period]
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        d, outcome = self.base.send(size, concurrency, rng)
+        return d / self.speed(self.clock.now), outcome
+
+
+@dataclass
+class DriftingServer:
+    """A `Server` that changes slowly over `seconds`: its optimum moves from `start` to `end` rows, and its speed is
+    multiplied by `speed_end` (both geometrically in time)."""
+
+    clock: FakeClock
+    start: int
+    end: int
+    seconds: float
+    speed_end: float = 1.0
+    noise: float = 0.1
+    t0: float = 0.0
+    base: Server = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.t0 = self.clock.now
+        self.base = Server(knee=knee_for(self.start), noise=self.noise)
+
+    def at(self, t: float) -> Server:
+        """The server as it is at time t."""
+        f = min(max((t - self.t0) / self.seconds, 0.0), 1.0)
+        slow = self.speed_end**-f
+        optimum = self.start * (self.end / self.start) ** f
+        return Server(
+            knee=knee_for(optimum, overhead_s=0.2 * slow, per_row_s=1e-6 * slow),
+            noise=self.noise,
+            overhead_s=0.2 * slow,
+            per_row_s=1e-6 * slow,
+        )
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        return self.at(self.clock.now).send(size, concurrency, rng)
 
 
 def knee_for(optimum: float, users: int = USERS, overhead_s: float = 0.2, per_row_s: float = 1e-6) -> float:
@@ -230,6 +307,73 @@ def test_a_constant_share_of_refused_rows_is_not_mistaken_for_overload():
     assert trace.windows[-1].backoffs == 0
 
 
+# --- noise, plateaus and drift ---------------------------------------------------------------------------------------
+
+
+def changes(sizes: list[int]) -> int:
+    return sum(1 for a, b in zip(sizes, sizes[1:], strict=False) if a != b)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("optimum", [2_000, 10_000, 40_000])
+def test_on_a_noisy_cluster_it_settles_instead_of_wandering(optimum, seed):
+    # Rows/s at a fixed size vary +-30 % from one window to the next, for every size alike. A sizer that compares
+    # single windows with a fixed 2 % margin follows that noise (it changed its best size 12-21 times in these 150
+    # windows); this one has to see a difference beyond the noise it measured before it moves.
+    clock = FakeClock()
+    base = Server(knee=knee_for(optimum), noise=0.1)
+    s_opt, r_opt = true_optimum(base)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, NoisyCluster(base, clock, seed=seed), rng=random.Random(seed), windows=200)
+
+    settled = [s.best_size for s in trace.windows[50:]]
+    assert changes(settled) <= 4, settled
+    # Within a band of good sizes, and no creeping upwards.
+    assert min(base.rows_per_s(size, USERS) for size in settled) >= 0.8 * r_opt, settled
+    assert max(settled) <= 1.5 * s_opt, settled
+    assert efficiency(trace, 50, r_opt) >= 0.9
+    # It measured the noise it is exposed to (the spread of one window's log rate; +-30 % uniform is ~0.15).
+    assert 0.08 <= trace.windows[-1].noise <= 0.3
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_on_a_plateau_it_settles_near_the_smallest_size_within_the_margin_of_the_best(noisy):
+    # A cluster that takes at most 300k rows/s: rows/s are flat from ~2000 rows on. Larger batches would only cost
+    # memory and latency, so the sizer should stay near where the plateau starts and not creep up it.
+    clock = FakeClock()
+    base = PlateauServer()
+    server = NoisyCluster(base, clock, seed=5) if noisy else base
+    plateau = min(s for s in range(100, 100_001, 10) if base.rows_per_s(s, USERS) >= 0.98 * base.cap)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(9), windows=200)
+    settled = [s.best_size for s in trace.windows[30:]]
+    assert all(0.8 * plateau <= size <= 1.5 * plateau for size in settled), (plateau, settled)
+    assert changes(settled) <= (3 if noisy else 0), settled
+    assert max(s.current for s in trace.windows[30:]) <= 2 * plateau  # probes included
+    assert efficiency(trace, 30, base.cap) >= (0.9 if noisy else 0.97)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "speed_end"), [(5_000, 20_000, 1.0), (20_000, 5_000, 1.0), (10_000, 10_000, 0.5)]
+)
+def test_follows_a_slowly_drifting_cluster(start, end, speed_end):
+    # Over 10 minutes the optimum moves 4x (or the whole cluster slows down to half its speed, the optimum staying):
+    # no single window shows a change, only the probes do.
+    clock = FakeClock()
+    server = DriftingServer(clock, start, end, seconds=600, speed_end=speed_end)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(start), until_s=800)
+    shares = []
+    for t, state in zip(trace.times[30:], trace.windows[30:], strict=True):
+        now = server.at(t)
+        shares.append(now.rows_per_s(state.best_size, USERS) / true_optimum(now)[1])
+    assert min(shares) >= 0.85
+    assert sum(shares) / len(shares) >= 0.95
+    if start == end:  # only the speed drifted: nothing to follow
+        settled = [s.best_size for s in trace.windows[30:]]
+        assert changes(settled) <= 3, settled
+
+
 # --- back-pressure -------------------------------------------------------------------------------------------------
 
 
@@ -258,6 +402,50 @@ def test_does_not_stay_above_an_overload_cliff(kind, cliff):
     # Against the rate exactly at the cliff (the grid's size below it is up to 9 % smaller), after the re-probes, each
     # followed by one window at half the size. Timeouts are the costly kind: a probe stalls every user for 5 s.
     assert efficiency(trace, 30, r_opt) >= (0.85 if kind == "timeout" else 0.90)
+
+
+@pytest.mark.parametrize("kind", ["overload", "timeout"])
+def test_a_larger_size_that_overloads_sends_it_back_to_the_best_size_not_to_half(kind):
+    # Settled below a cliff, the sizer looks above it again as the ceiling decays. The failed look says nothing about
+    # the best size, which worked a window ago: it goes back there, not to half the failed size.
+    clock = FakeClock()
+    server = Server(knee=knee_for(40_000), noise=0.1, cliff=20_000, cliff_kind=kind)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(2), windows=120)
+    assert trace.windows[-1].backoffs > trace.windows[39].backoffs  # it did look above the cliff again, and failed
+    t40 = trace.times[39]
+    later = [size for (t, _), size in zip(trace.acked, trace.currents, strict=True) if t > t40]
+    assert min(later) >= 0.75 * 20_000, sorted(set(later))
+
+
+class TimeoutCliffServer:
+    """Batches of up to `limit` rows take 0.5 s + 50 us per row; larger ones run into the client's 30 s timeout."""
+
+    def __init__(self, limit: int, timeout_s: float = 30.0) -> None:
+        self.limit, self.timeout_s = limit, timeout_s
+
+    def rows_per_s(self, size: int, concurrency: int) -> float:
+        return concurrency * size / (0.5 + 5e-5 * size) if size <= self.limit else 0.0
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        if size > self.limit:
+            return self.timeout_s, {"inserted": 0, "failed": 0, "in_doubt": size, "overload": False}
+        d = (0.5 + 5e-5 * size) * (1 + rng.uniform(-0.1, 0.1))
+        return d, {"inserted": size, "failed": 0, "in_doubt": 0, "overload": False}
+
+
+@pytest.mark.parametrize("limit", [12_000, 35_000])
+def test_sizes_that_time_out_are_looked_at_again_rarely(limit):
+    # Above `limit` every batch stalls its user for the 30-s client timeout (a real node at its limit). Each look above
+    # the ceiling costs all users that long, so the ceiling rises one step per 20x the stall at most (~5 % of the time).
+    clock = FakeClock()
+    server = TimeoutCliffServer(limit)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(limit), until_s=900)
+    r_opt = server.rows_per_s(limit, USERS)
+    settled = [(t, rows) for t, rows in trace.acked if t > clock.now - 780]
+    assert sum(rows for _, rows in settled) / 780 >= 0.9 * r_opt
+    assert sum(1 for _, size in trace.batches if size > limit) <= 5 * USERS  # a few looks above, each stalls 8 users
 
 
 def test_overload_cuts_at_once_and_stragglers_do_not_cut_again():
@@ -391,6 +579,30 @@ def test_the_first_window_after_a_change_waits_for_batches_of_the_old_size():
     trace = simulate(sizer, clock, server, rng=random.Random(8), windows=2)
     assert [s.current for s in trace.windows] == [2_000, 4_000]  # window 1 measured 1000, window 2 measured 2000
     assert trace.windows[1].last_window_rows_per_s == pytest.approx(USERS * 2_000 / 0.1, rel=0.05)
+
+
+class SlowSpellServer:
+    """`base`, but `slowdown` times slower from `start_s` to `end_s` seconds after `t0` (a partition being created)."""
+
+    def __init__(self, base: Server, clock: FakeClock, start_s: float, end_s: float, slowdown: float = 2.5) -> None:
+        self.base, self.clock, self.t0 = base, clock, clock.now
+        self.start_s, self.end_s, self.slowdown = start_s, end_s, slowdown
+
+    def send(self, size: int, concurrency: int, rng: random.Random) -> tuple[float, dict]:
+        d, outcome = self.base.send(size, concurrency, rng)
+        slow = self.start_s <= self.clock.now - self.t0 < self.end_s
+        return d * self.slowdown if slow else d, outcome
+
+
+def test_one_slow_window_at_the_first_doubling_does_not_turn_the_search_around():
+    # The optimum is 10000 rows; the window that measures 2000 falls into a 3-s slow spell of the whole cluster. One
+    # window of each size would say "smaller is better" and search below the start size.
+    clock = FakeClock()
+    server = SlowSpellServer(Server(knee=knee_for(10_000), noise=0.1), clock, start_s=2.0, end_s=5.0)
+    sizer = new_sizer(clock)
+    trace = simulate(sizer, clock, server, rng=random.Random(1), windows=30)
+    assert min(trace.currents) >= SizerSettings().start, [s.current for s in trace.windows]
+    assert settled_at(trace.windows, 10_000) is not None
 
 
 def test_log_lines_are_rate_limited_and_readable():

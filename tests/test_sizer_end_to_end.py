@@ -14,12 +14,10 @@ import locust  # noqa: F401
 # ends on 4000 (-26 % rows/s, outside the band) and only its finer search below the cliff gets into the band.
 #
 # How long the sizer takes to settle depends on where the cliff sits between two sizes of its grid (1000 * 2^(k/8),
-# two significant digits): each overload it needs to locate the cliff costs a halved window. `python bench/sizer.py
-# --simulate` replays this double's model with the real sizer on a fake clock: for cliffs from 2000 to 33000 rows the
-# size in use settles within +-30 % after 14-53 s. This cliff lies between grid sizes 6700 and 7300 and takes two
-# overloads: 20 s in the simulation; in real runs the size is in the band from ~21 s on and holds 6700 from ~28-31 s
-# on (also with two busy loops competing for the 2 cores), so the last 10 s of a 40 s run are settled with room to
-# spare. (Its next dip, a back-off after probing the decayed overload ceiling again, comes after ~75 s.)
+# two significant digits): each overload it needs to locate the cliff costs a few failed batches and a window.
+# `python bench/sizer.py --simulate` replays this double's model with the real sizer on a fake clock: for cliffs from
+# 2000 to 33000 rows the size in use settles within +-30 % after 5-59 s; this cliff, between grid sizes 6700 and 7300,
+# after 18 s, so the last 10 s of a 40 s run are settled with room to spare.
 import statistics
 import threading
 import time
