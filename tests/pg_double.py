@@ -29,6 +29,7 @@ Only the standard library is used (plus orjson when installed, through the HTTP 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import math
@@ -234,6 +235,9 @@ def decode_param(raw: bytes | None, oid: int, binary: bool) -> Any:
 def _text_output(value: Any, oid: int) -> str | None:
     if value is None:
         return None
+    if oid in (TIMESTAMP, TIMESTAMPTZ) and isinstance(value, int):
+        stamp = dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
+        return stamp.isoformat(sep=" ") if oid == TIMESTAMPTZ else stamp.replace(tzinfo=None).isoformat(sep=" ")
     if oid == BOOL:
         return "t" if value else "f"
     if isinstance(value, float):
@@ -390,9 +394,7 @@ class PgDouble:
         if kind == "Sync":
             return await self._sync(session, writer)
         if kind == "Flush":
-            self._flush(session, writer)
-            await writer.drain()
-            return True
+            return await self._flush(session, writer)
         if session.failed:
             return True  # after an error, everything up to the Sync is ignored
         try:
@@ -477,7 +479,11 @@ class PgDouble:
     async def _simple_query(self, sql: str, session: _Session, writer) -> bool:
         session.outbox.clear()
         session.failed = False
-        portal = _Portal("", _Prepared(sql, [], is_select=bool(_CONSTANT_SELECT.fullmatch(sql))), [])
+        try:
+            is_select = bool(_CONSTANT_SELECT.fullmatch(sql)) or isinstance(parse_statement(sql), Select)
+        except DoubleError:
+            is_select = False  # the HTTP double refuses it again when it runs, with its error
+        portal = _Portal("", _Prepared(sql, [], is_select=is_select), [])
         outcome = await self._execute_group([portal], describe=True)
         session.outbox += outcome.answer["per_execution"][0]
         return await self._answer(session, writer, outcome, status="I")
@@ -490,6 +496,23 @@ class PgDouble:
             writer.write(session.take_output())
             await writer.drain()
             return True
+        faults = await self._run_deferred(session)
+        return await self._answer(session, writer, faults, status="I")
+
+    async def _flush(self, session: _Session, writer) -> bool:
+        """Flush: CrateDB runs the deferred executions here too (psycopg flushes before it reads the results of an
+        executemany), then sends everything so far; the Sync that follows only ends the pipeline."""
+        if session.failed:
+            data = b"".join(encode_backend(m) for m in session.outbox if not isinstance(m, _Slot))
+            session.outbox.clear()
+            writer.write(data)
+            await writer.drain()
+            return True
+        faults = await self._run_deferred(session)
+        return await self._answer(session, writer, faults, status=None)
+
+    async def _run_deferred(self, session: _Session) -> _Outcome:
+        """Run the executions queued since the last Sync or Flush into their slots; the outcome carries faults."""
         # CrateDB runs the executions of one statement as one bulk, statement after statement
         groups: dict[str, list[tuple[_Portal, _Slot]]] = {}
         for portal, slot in session.deferred:
@@ -503,14 +526,16 @@ class PgDouble:
                 slot.extend(messages)
             if done.action or done.delay:
                 faults = done
-        return await self._answer(session, writer, faults, status="I")
+        return faults
 
-    async def _answer(self, session: _Session, writer, outcome: _Outcome, status: str) -> bool:
-        """Send what the Sync (or simple query) produced (in the outbox), as the faults of its requests say (the
-        outcome's action, delay and pause); False when the connection was reset."""
+    async def _answer(self, session: _Session, writer, outcome: _Outcome, status: str | None) -> bool:
+        """Send what the Sync, Flush or simple query produced (in the outbox, then ReadyForQuery with ``status``
+        unless None), as the faults of its requests say (the outcome's action, delay and pause); False when the
+        connection was reset."""
         if outcome.delay > 0:
             await asyncio.sleep(outcome.delay)
-        session.outbox.append({"type": "ReadyForQuery", "status": status})
+        if status is not None:
+            session.outbox.append({"type": "ReadyForQuery", "status": status})
         data = session.take_output()
         if outcome.action == "reset_before":
             self._reset(writer)
@@ -524,15 +549,6 @@ class PgDouble:
         writer.write(data)
         await writer.drain()
         return True
-
-    def _flush(self, session: _Session, writer) -> None:
-        """Send what is ready: the outbox up to the first execution that waits for the Sync."""
-        ready = 0
-        while ready < len(session.outbox) and not isinstance(session.outbox[ready], _Slot):
-            ready += 1
-        if ready:
-            head, session.outbox = session.outbox[:ready], session.outbox[ready:]
-            writer.write(b"".join(encode_backend(m) for m in head))
 
     def _reset(self, writer) -> None:
         """Close with a TCP RST, as a crashing node does."""
