@@ -60,7 +60,9 @@ REFUSED_CLASSES = ("22", "23", "42", "0A", "3F")
 FATAL_STATES = ("28000", "28P01", "42501")  # credentials refused, privileges missing: the run cannot go on
 # HTTP-like statuses of CrateErrors from statements, so callers treat both clients' errors alike (409: exists)
 _STATUS_OF_STATE = {"42P07": 409, "42P01": 404, "3F000": 404, "28000": 401, "28P01": 401, "42501": 403}
-_OVERLOAD_WORDS = ("CircuitBreakingException", "EsRejectedExecutionException", "rejected execution")
+# Signs of overload in an error's message or its Java stack trace (CrateDB sends the exception's message, without
+# its class name, and the stack in the context field): a circuit breaker, a full thread pool queue
+_OVERLOAD_WORDS = ("Data too large", "CircuitBreakingException", "EsRejectedExecutionException", "rejected execution")
 
 
 class _ArrayLiteralDumper(Dumper):
@@ -274,7 +276,9 @@ class CratePgClient:
             return InsertOutcome(0, rows, 0, error=message, fatal=True)
         if state[:2] in REFUSED_CLASSES:
             return InsertOutcome(0, rows, 0, error=message)
-        overload = state.startswith("53") or any(word in message for word in _OVERLOAD_WORDS)
+        diag = getattr(error, "diag", None)
+        context = f"{message} {getattr(diag, 'context', None) or ''}"
+        overload = state.startswith("53") or any(word in context for word in _OVERLOAD_WORDS)
         return InsertOutcome(0, 0, rows, error=message, overload=overload)
 
     # --- connections ---
