@@ -8,7 +8,8 @@ warm-up, a window of ``--seconds`` counts:
 
 - rows/s: rows acknowledged in the window (dg-locust's ``dg_rows_inserted_total`` on its /metrics port);
 - client CPU per row: the dg-locust process's CPU time (user + system) in the window / rows;
-- node CPU per row: the node's JVM CPU time (pid in ``--pid-file``) in the window / rows;
+- node CPU per row: the node's JVM CPU time (pid in ``--pid-file``) in the window / rows, raw and net of the CPU the
+  node used for others at the rate measured in idle windows (``--idle`` seconds) right before and after the run;
 - then it checks that the table holds exactly what the run reported: ``REFRESH``, ``count(*)`` == inserted (and,
   with rows in doubt, inserted <= count <= inserted + in doubt).
 
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,7 @@ class Result:
     in_doubt: int = 0
     stored: int = -1
     foreign_jobs: int = 0  # statements of others the node ran in the window (its CPU then counts theirs too)
+    node_idle_cores: float = 0.0  # the node's CPU rate without this run (idle windows before and after it)
 
     @property
     def rows_per_s(self) -> float:
@@ -70,12 +73,23 @@ class Result:
     def stored_ok(self) -> bool:
         return self.inserted <= self.stored <= self.inserted + self.in_doubt
 
+    @property
+    def node_net_cpu_s(self) -> float:
+        """The node's CPU in the window less what it used for others at the rate of the idle windows."""
+        return self.node_cpu_s - self.node_idle_cores * self.seconds
+
     def row(self) -> str:
-        check = f"{self.stored:,} = inserted" if self.stored == self.inserted else f"{self.stored:,} ({self.stored_ok})"
+        if self.stored < 0:
+            check = "not counted"
+        elif self.stored == self.inserted:
+            check = f"{self.stored:,} = inserted"
+        else:
+            check = f"{self.stored:,} ({'within' if self.stored_ok else 'OUTSIDE'} inserted..inserted + in doubt)"
         return (
             f"| {self.method} | {self.precision} | {self.rows_per_s:,.0f} | {self.us_per_row(self.client_cpu_s):.1f} | "
-            f"{self.us_per_row(self.node_cpu_s):.1f} | {self.inserted:,} / {self.failed} / {self.in_doubt} | {check} | "
-            f"{self.foreign_jobs:,} |"
+            f"{self.us_per_row(self.node_net_cpu_s):.1f} | {self.us_per_row(self.node_cpu_s):.1f} | "
+            f"{self.node_idle_cores:.2f} | {self.foreign_jobs:,} | {self.inserted:,} / {self.failed} / {self.in_doubt} "
+            f"| {check} |"
         )
 
 
@@ -118,9 +132,17 @@ def full_precision_model(directory: Path) -> Path:
     return path
 
 
+def idle_rate(node: psutil.Process, seconds: float) -> float:
+    """The node's CPU use (cores) over ``seconds`` while this benchmark sends nothing."""
+    before = cpu_seconds(node)
+    time.sleep(seconds)
+    return (cpu_seconds(node) - before) / seconds
+
+
 def one_run(args, method: str, precision: str, model: Path, node: psutil.Process) -> Result:
     table = f"doc.dgbench_paths_{method.replace('-', '_')}_{precision}"
     result = Result(method, precision)
+    idle_before = idle_rate(node, args.idle)
     port = free_port()
     host = args.url
     command = locust_command(
@@ -170,9 +192,13 @@ def one_run(args, method: str, precision: str, model: Path, node: psutil.Process
         )["rows"][0][0]
     )
     quoted = ".".join(f'"{part}"' for part in table.split("."))
-    sql(args.url, f"REFRESH TABLE {quoted}")
-    result.stored = int(sql(args.url, f"SELECT count(*) FROM {quoted}")["rows"][0][0])
+    try:
+        sql(args.url, f"REFRESH TABLE {quoted}")
+        result.stored = int(sql(args.url, f"SELECT count(*) FROM {quoted}")["rows"][0][0])
+    except urllib.error.HTTPError as error:  # the node is shared: someone may have dropped the table
+        print(f"{method} {precision}: cannot count {table}: HTTP {error.code}", file=sys.stderr)
     sql(args.url, f"DROP TABLE IF EXISTS {quoted}")
+    result.node_idle_cores = (idle_before + idle_rate(node, args.idle)) / 2
     return result
 
 
@@ -183,6 +209,7 @@ def main() -> None:
     parser.add_argument("--methods", default="bulk,unnest,pg,pg-unnest")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the counted window")
     parser.add_argument("--warm-up", type=float, default=5.0)
+    parser.add_argument("--idle", type=float, default=10.0, help="idle windows before and after each run")
     parser.add_argument("--rounds", type=int, default=1, help="times to run the whole set (order alternates)")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=5000)
@@ -212,10 +239,10 @@ def main() -> None:
                 print(result.row(), flush=True)
     print()
     print(
-        "| method | precision | rows/s | client CPU us/row | node CPU us/row | inserted / failed / in doubt "
-        "| count(*) | others' jobs |"
+        "| method | precision | rows/s | client CPU us/row | node CPU us/row, net | node CPU us/row, raw "
+        "| node idle (cores) | others' jobs | inserted / failed / in doubt | count(*) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for result in results:
         print(result.row())
     print(f"load:     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min load average at the end)")
