@@ -1,11 +1,17 @@
-"""A batch of rows and its encodings into CrateDB ``/_sql`` request bodies.
+"""A batch of rows and its encodings: CrateDB ``/_sql`` request bodies, and the parameters of the pg path.
 
-Two encodings, both plain JSON (never gzipped: compressing costs more CPU than the transfer it saves on a LAN):
+Two HTTP encodings, both plain JSON (never gzipped: compressing costs more CPU than the transfer it saves on a LAN):
 
 - ``bulk``: ``{"stmt": INSERT ... VALUES (?, ...), "bulk_args": [[row], ...]}``, row-major; CrateDB answers one
   result per row, so rejected rows are counted exactly.
 - ``unnest``: ``{"stmt": INSERT ... (SELECT * FROM UNNEST(?, ...)), "args": [[col], ...]}``, column-major; one
   statement, one row count, cheaper to encode and to execute, but no per-row status.
+
+And two for the PostgreSQL wire protocol (``pg_client``), in the form the driver takes them:
+
+- ``pg``: the rows as a list of tuples of Python values, for a prepared INSERT executed once per row;
+- ``pg-unnest``: one PostgreSQL array literal per column (``{1,2}``, ``{"a","b"}``), made from the same JSON array
+  texts as the ``unnest`` body, each tagged with its array type (``PgArray`` subclasses) for one UNNEST INSERT.
 
 A feed's batch (``RowLayout``) is rows ``first_row .. first_row + row_count - 1`` of a grid where row ``r`` is
 sensor ``r % n`` at step ``r // n``. Only the field values differ from row to row; the timestamp is one per step
@@ -79,13 +85,100 @@ class Batch:
             self._columns = self.layout.columns(self.first_row, self.row_count, self.fields)
         return self._columns
 
-    def encode(self, method: str, statement: str) -> bytes:
+    def encode(self, method: str, statement: str) -> bytes | PgInsert:
+        """The batch as ``method`` sends it: an HTTP body (bulk, unnest), or the pg path's rows or arrays."""
+        if method == "pg":
+            return PgInsert(statement, self.rows())
+        if method == "pg-unnest":
+            return PgInsert(statement, self.pg_arrays())
         layout = self.layout
         if layout is not None and layout.fast and all(_fast_field(values) for values in self.fields):
             if method == "unnest":
                 return layout.encode_unnest(statement, self.first_row, self.row_count, self.fields)
             return layout.encode_bulk(statement, self.first_row, self.row_count, self.fields)
         return encode_unnest(statement, self.columns) if method == "unnest" else encode_bulk(statement, self.columns)
+
+    def rows(self) -> list[tuple]:
+        """The rows as tuples of Python values in column order (``tolist`` converts each column in one C loop)."""
+        return list(zip(*[_as_list(column) for column in self.columns], strict=True))
+
+    def pg_arrays(self) -> list[PgArray]:
+        """One PostgreSQL array literal per column, typed by the column's values."""
+        layout = self.layout
+        if layout is not None and layout.fast and layout.pg_text_safe and all(_fast_field(v) for v in self.fields):
+            texts = layout.unnest_columns(self.first_row, self.row_count, self.fields)
+            kinds = [*layout.pg_tag_kinds, *(_kind(values) for values in self.fields)]
+            return [kind(b"{" + text[1:-1] + b"}") for text, kind in zip(texts, kinds, strict=True)]
+        arrays = []
+        for column in self.columns:
+            kind = _kind(column)
+            text = orjson.dumps(column if _orjson_native(column) else _as_list(column), option=_NUMPY)
+            if kind is TextArray and not _json_text_is_pg_safe(text):
+                arrays.append(TextArray(_pg_text_literal(_as_list(column))))
+            else:
+                arrays.append(kind(b"{" + text[1:-1] + b"}"))
+        return arrays
+
+
+@dataclass(frozen=True)
+class PgInsert:
+    """A batch for the pg path: the INSERT and its parameters (rows for pg, one array per column for pg-unnest)."""
+
+    statement: str
+    params: list
+
+
+class PgArray(bytes):
+    """A column as the text of a PostgreSQL array literal; ``oid`` is the array type the driver declares for it."""
+
+    oid = 0
+
+
+class Int8Array(PgArray):
+    oid = 1016  # bigint[]: integer tags, and timestamps as epoch milliseconds (CrateDB casts them on insert)
+
+
+class Float8Array(PgArray):
+    oid = 1022  # double precision[]
+
+
+class BoolArray(PgArray):
+    oid = 1000  # boolean[]
+
+
+class TextArray(PgArray):
+    oid = 1009  # text[]
+
+
+PG_ARRAY_TYPES = (Int8Array, Float8Array, BoolArray, TextArray)
+
+
+def _distinct_values(tag: TagCodes) -> np.ndarray:
+    """A tag column's distinct values (the id tag has none of its own: its codes are its values)."""
+    return np.asarray(tag.codes[:1] if tag.values is None else tag.values)
+
+
+def _kind(column) -> type[PgArray]:
+    values = np.asarray(column)
+    if values.dtype == np.bool_:
+        return BoolArray
+    if values.dtype.kind in "iu":
+        return Int8Array
+    if values.dtype.kind == "f":
+        return Float8Array
+    return TextArray
+
+
+def _json_text_is_pg_safe(text: bytes) -> bool:
+    """Whether a JSON array of strings reads the same as a PostgreSQL array literal: both quote elements with
+    double quotes and escape ``"`` and ``\\`` with a backslash; JSON's other escapes (control characters) differ."""
+    return b"\\" not in text.replace(b"\\\\", b"").replace(b'\\"', b"")
+
+
+def _pg_text_literal(values: list) -> bytes:
+    """A text[] literal built value by value (for texts JSON would escape differently)."""
+    quoted = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return ("{" + ",".join(quoted) + "}").encode()
 
 
 class RowLayout:
@@ -120,6 +213,15 @@ class RowLayout:
         self._bulk: _BulkTags | None = None  # built at the first bulk body
         self._unnest: list[_TextColumn] | None = None  # built at the first unnest body
         self._prefixes: dict[tuple[str, str], bytes] = {}
+        # The pg-unnest array types of the timestamp and tag columns, and whether every text tag's JSON text is
+        # also its PostgreSQL array text (no control characters, which JSON escapes differently).
+        # Only each tag's distinct values are looked at (the id tag's codes are its integer values).
+        self.pg_tag_kinds = [Int8Array, *(_kind(_distinct_values(tag)) for tag in self.tags.values())]
+        self.pg_text_safe = all(
+            _json_text_is_pg_safe(orjson.dumps(_distinct_values(tag).tolist()))
+            for tag in self.tags.values()
+            if _distinct_values(tag).dtype.kind == "U"
+        )
 
     def ts_ms(self, steps: np.ndarray) -> np.ndarray:
         """Epoch milliseconds of each step number (the one formula both encodings and ``columns`` use)."""
@@ -186,19 +288,26 @@ class RowLayout:
         return first_step, [head] + [n] * full + ([tail] if tail else [])
 
     def encode_unnest(self, statement: str, first_row: int, count: int, fields: tuple) -> bytes:
+        parts = [self._prefix("unnest", statement)]
+        for column in self.unnest_columns(first_row, count, fields):
+            parts += [column, b","]
+        parts[-1] = b"]}"
+        return b"".join(parts)
+
+    def unnest_columns(self, first_row: int, count: int, fields: tuple) -> list[bytes]:
+        """Each column of the rows as the text of a JSON array, in table column order."""
         first_step, counts = self._step_counts(first_row, count)
         stamps = self.ts_ms(np.arange(first_step, first_step + len(counts))).tolist()
-        parts = [self._prefix("unnest", statement), b"["]
-        parts += [(b"%d," % stamp) * rows for stamp, rows in zip(stamps, counts, strict=True)]
-        parts[-1] = parts[-1][:-1]  # no comma after the last timestamp
-        parts.append(b"]")
+        ts = [b"["]
+        ts += [(b"%d," % stamp) * rows for stamp, rows in zip(stamps, counts, strict=True)]
+        ts[-1] = ts[-1][:-1]  # no comma after the last timestamp
+        ts.append(b"]")
+        columns = [b"".join(ts)]
         position = first_row % self.sensors
         for column in self._unnest_tags():
-            parts += [b",[", column.cycle(position, count), b"]"]
-        for values in fields:
-            parts += [b",", orjson.dumps(values, option=_NUMPY)]
-        parts.append(b"]}")
-        return b"".join(parts)
+            columns.append(b"".join((b"[", column.cycle(position, count), b"]")))
+        columns += [orjson.dumps(values, option=_NUMPY) for values in fields]
+        return columns
 
     def encode_bulk(self, statement: str, first_row: int, count: int, fields: tuple) -> bytes:
         """Row-major body: ``b",".join`` of a few pieces per row, each piece a bytes object.

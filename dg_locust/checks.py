@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dg_locust.capacity import CapacityResult
-from dg_locust.client import CrateError, CrateHttpClient
+from dg_locust.client import CrateError
 from dg_locust.errors import EXIT_BAD_INPUT, EXIT_THRESHOLD, EXIT_VERIFY, OptionError
 from dg_locust.ledger import RunLedger
 from dg_locust.options import Settings
+from dg_locust.pipeline import client_for_settings
 from dg_locust.run import RunContext
 from dg_locust.schema import TableSchema, check_table_name
 
@@ -196,7 +197,7 @@ class RunChecks:
         if not targets:
             return [Verdict(True, "dg verify: passed: no rows were sent, so there is nothing to count")]
         try:
-            client = CrateHttpClient.for_settings(settings, self.environment.host)
+            client = client_for_settings(settings, self.environment.host)
         except OptionError as error:
             return [Verdict(False, f"dg verify: FAILED: cannot connect to count the rows: {error}")]
         verdicts = []

@@ -162,10 +162,12 @@ class CrateHttpClient:
     @classmethod
     def for_settings(cls, settings, host: str | None, *, pool_size: int = 32) -> CrateHttpClient:
         """A client for the run's options: Locust's host value (one or more servers), credentials, timeout, TLS."""
-        from dg_locust.options import parse_hosts  # options imports nothing from here; keep it that way
+        from dg_locust.options import check_hosts_for_method, parse_hosts  # options imports nothing from here
 
+        servers = parse_hosts(host)
+        check_hosts_for_method(servers, settings.insert_method)
         return cls(
-            parse_hosts(host),
+            servers,
             username=settings.username,
             password=settings.password,
             timeout=settings.timeout,

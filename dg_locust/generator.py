@@ -159,6 +159,7 @@ class _FloatSignal:
     def __init__(self, spec: FloatField, n: int, stream: np.random.SeedSequence) -> None:
         self.column = spec.column
         self.lo, self.hi, self.mean = spec.min, spec.max, spec.mean
+        self.decimals = spec.precision
         self.center, spread = _solve_folded_normal(spec.mean, spec.stdev, spec.min, spec.max)
         self.phi = min(1.0, max(0.0, 1.0 - spec.variance**2 / (2.0 * spread**2))) if spread > 0 else 0.0
         self.kick = spread * math.sqrt(1.0 - self.phi**2)
@@ -197,6 +198,9 @@ class _FloatSignal:
         self._fold(values)
         if self.p > 0:
             self._place_errors(values, error)
+        if self.decimals is not None:
+            # As a sensor reports them: rounded after the statistics are drawn (the walk goes on unrounded)
+            np.round(values, self.decimals, out=values)
         return values, error
 
     def _error_states(self, steps: int, in_error: np.ndarray) -> np.ndarray:

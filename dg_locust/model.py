@@ -2,11 +2,13 @@
 
 A model file uses crate/tsperf's JSON format, so its model files load unchanged: an optional ``description`` and
 one key naming the table, holding ``tags`` (integer N, list of values, or ``"id"``) and ``fields`` (FLOAT or BOOL,
-each parameter written as ``{"value": x}``). ``load_model()`` reads a file and ``parse_model()`` an already decoded
-object; both return a frozen ``Model`` or raise ``ModelError`` with one line that names the file, the offending key
-and what to change. ``Model.tag_values()`` derives the tag columns of any sensor ids with a true mixed-radix mapping,
-so ids 1..product(cardinalities) each get their own tag combination; ``Model.tag_codes()`` gives the same mapping
-in compact form (a small code per sensor and tag, see ``TagCodes``), for fleets of millions of sensors. This module
+each parameter written as ``{"value": x}``). A FLOAT field may also declare ``"precision": {"value": 2}`` (or
+``"precision": 2``): the decimal places its values are rounded to, as a real sensor reports them; tsperf ignores
+it. ``load_model()`` reads a file and ``parse_model()`` an already decoded object; both return a frozen ``Model``
+or raise ``ModelError`` with one line that names the file, the offending key and what to change.
+``Model.tag_values()`` derives the tag columns of any sensor ids with a true mixed-radix mapping, so ids
+1..product(cardinalities) each get their own tag combination; ``Model.tag_codes()`` gives the same mapping in
+compact form (a small code per sensor and tag, see ``TagCodes``), for fleets of millions of sensors. This module
 does no I/O beyond reading the file.
 
     model = load_model("models/temperature.json")   # or load_model("temperature") for a shipped model
@@ -33,6 +35,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 _INT32_MAX = 2**31 - 1
 _FLOAT_PARAMS = ("min", "max", "mean", "stdev", "variance", "error_rate", "error_length")
+MAX_PRECISION = 15  # a double holds 15-17 significant digits; more decimal places than that mean nothing
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class FloatField:
     variance: float
     error_rate: float
     error_length: float
+    precision: int | None = None  # decimal places values are rounded to (None: full doubles)
 
     sql_type = "DOUBLE PRECISION"
 
@@ -300,6 +304,8 @@ class _Parser:
         if kind == "FLOAT":
             return self.float_field(where, name, column, spec)
         if kind == "BOOL":
+            if "precision" in spec:
+                raise self.fail(where, '"precision" applies to FLOAT fields; remove it from this BOOL field')
             ratio = self.number(where, spec, "true_ratio")
             if not 0 <= ratio <= 1:
                 raise self.fail(where, f"true_ratio ({ratio}) is outside 0..1; use a probability between 0 and 1")
@@ -337,7 +343,20 @@ class _Parser:
                     f"error_rate is above 0 but min..max ({lo}..{hi}) leaves no room outside mean ± stdev "
                     f"({mean} ± {stdev}) for error values; widen min..max, lower stdev or set error_rate to 0",
                 )
-        return FloatField(name, column, **p)
+        return FloatField(name, column, **p, precision=self.precision(where, spec))
+
+    def precision(self, where: str, spec: dict) -> int | None:
+        if "precision" not in spec:
+            return None
+        entry = spec["precision"]
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        if not _is_int(value) or not 0 <= value <= MAX_PRECISION:
+            raise self.fail(
+                where,
+                f"precision {_show(value)} is not a number of decimal places; "
+                f'write "precision": {{"value": n}} with n from 0 to {MAX_PRECISION}',
+            )
+        return value
 
     def value(self, where: str, spec: dict, param: str, fix: str) -> Any:
         entry = spec.get(param)

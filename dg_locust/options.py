@@ -27,7 +27,9 @@ DEFAULT_MODEL = "models/temperature.json"  # inside the package: see resolve_mod
 
 INGEST_MODES = {"fast": "fast", "1": "fast", "consecutive": "consecutive", "0": "consecutive"}
 PARTITIONS = ("day", "week", "month", "none")
-INSERT_METHODS = ("bulk", "unnest")
+INSERT_METHODS = ("bulk", "unnest", "pg", "pg-unnest")
+PG_METHODS = ("pg", "pg-unnest")  # through CrateDB's PostgreSQL port (pg_client) instead of HTTP
+DEFAULT_PG_PORT = 5432
 
 # Batch-size bounds that no setting may cross: CrateDB refuses request bodies over 100 MB, and a row of a wide
 # model is a few hundred bytes of JSON, so 200k rows keeps every body well below that limit.
@@ -106,7 +108,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "--insert-method",
         "INSERT_METHOD",
         "bulk",
-        "bulk (bulk_args, one result per row) or unnest (one INSERT ... SELECT * FROM UNNEST statement per batch)",
+        "bulk (bulk_args, one result per row) or unnest (one INSERT ... SELECT * FROM UNNEST statement per batch) "
+        "over HTTP; pg (a prepared INSERT, one execution per row in pipeline mode) or pg-unnest (one UNNEST INSERT "
+        "with array parameters) over the PostgreSQL wire protocol",
+    ),
+    OptionSpec(
+        "--pg-port",
+        "PG_PORT",
+        DEFAULT_PG_PORT,
+        "PostgreSQL port of the hosts given as http(s)://HOST:4200, for --insert-method pg / pg-unnest "
+        "(a postgresql://HOST:PORT host names its own port)",
     ),
     OptionSpec("--seed", "SEED", "random", "Random seed for reproducible data, or random"),
     OptionSpec("--timeout", "TIMEOUT", 30.0, "Client timeout in seconds for connecting and for each request"),
@@ -241,7 +252,10 @@ def add_options(parser) -> None:
 
 
 def parse_hosts(host: str | None) -> tuple[str, ...]:
-    """Split Locust's host value into CrateDB server URLs (comma- or space-separated; http:// assumed)."""
+    """Split Locust's host value into CrateDB server URLs (comma- or space-separated; http:// assumed).
+
+    ``postgresql://HOST[:PORT]`` (or ``postgres://``) names a server's PostgreSQL port directly; only the pg insert
+    methods can use it (see ``check_hosts_for_method``)."""
     if not host or not host.strip():
         raise OptionError(
             "no CrateDB host: pass -H http://HOST:4200 (several: -H http://a:4200,http://b:4200) or set HOST"
@@ -250,14 +264,29 @@ def parse_hosts(host: str | None) -> tuple[str, ...]:
     for part in re.split(r"[,\s]+", host.strip()):
         if not part:
             continue
-        url = part if re.match(r"^https?://", part) else f"http://{part}"
+        url = part if re.match(r"^(https?|postgres(ql)?)://", part) else f"http://{part}"
         if "@" in url:
             # Never echo it: the part before the @ may hold a password, and this message goes to logs.
             raise OptionError("a host holds credentials (user:password@host); pass --username and --password instead")
-        if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", url):
+        if not re.match(r"^(https?|postgres(ql)?)://[^/\s:]+(:\d+)?/?$", url):
             raise OptionError(f"host {part!r} is not a CrateDB URL such as http://localhost:4200")
         servers.append(url.rstrip("/"))
     return tuple(servers)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def check_hosts_for_method(servers: tuple[str, ...], insert_method: str) -> None:
+    """A postgresql:// host only works with the pg insert methods: say so in one line instead of failing later."""
+    if insert_method not in PG_METHODS:
+        for url in servers:
+            if is_postgres_url(url):
+                raise OptionError(
+                    f"host {url} is a PostgreSQL URL: use it with --insert-method pg or pg-unnest, "
+                    "or give CrateDB's HTTP URL (http://HOST:4200)"
+                )
 
 
 @dataclass(frozen=True)
@@ -280,6 +309,7 @@ class Settings:
     batch_size_min: int
     batch_size_max: int
     insert_method: str
+    pg_port: int
     seed: int | None
     timeout: float
     max_retries: int
@@ -352,7 +382,12 @@ class Settings:
             raise OptionError(f"--partition / PARTITION must be one of {', '.join(PARTITIONS)}, got {partition!r}")
         insert_method = str(value("insert_method")).strip().lower()
         if insert_method not in INSERT_METHODS:
-            raise OptionError(f"--insert-method / INSERT_METHOD must be bulk or unnest, got {insert_method!r}")
+            raise OptionError(
+                f"--insert-method / INSERT_METHOD must be bulk, unnest, pg or pg-unnest, got {insert_method!r}"
+            )
+        pg_port = _as_int(value("pg_port"), "--pg-port / PG_PORT")
+        if not 1 <= pg_port <= 65535:
+            raise OptionError(f"--pg-port / PG_PORT must be between 1 and 65535, got {pg_port}")
 
         shards = _as_int(value("shards"), "--shards / SHARDS")
         if not 1 <= shards <= 1000:
@@ -444,6 +479,7 @@ class Settings:
             batch_size_min=batch_min,
             batch_size_max=batch_max,
             insert_method=insert_method,
+            pg_port=pg_port,
             seed=seed,
             timeout=timeout,
             max_retries=max_retries,

@@ -1,8 +1,9 @@
 """The ingest pipeline of one user class in one process: model, table, feed, sizer, client and ledger, wired.
 
 All users of a class in a process share one pipeline, so they share one feed (no two users ever send the same
-(sensor, timestamp)), one adaptive batch sizer (it sees the throughput of the whole class) and one HTTP client
-(one connection pool per server). ``send_next_batch`` is the whole task of a user: take the next rows, encode,
+(sensor, timestamp)), one adaptive batch sizer (it sees the throughput of the whole class) and one client (one
+connection pool per server): HTTP (``client``) for bulk and unnest, the PostgreSQL port (``pg_client``) for pg and
+pg-unnest. ``send_next_batch`` is the whole task of a user: take the next rows, encode,
 insert, and account for the outcome exactly once (in the ledger, the sizer and Locust's request event).
 """
 
@@ -20,7 +21,8 @@ from dg_locust.feed import FeedPlan, RowFeed
 from dg_locust.ids import NO_SLICE_WAIT_S, SensorAssignments
 from dg_locust.ledger import ClassLedger
 from dg_locust.model import Model, load_model
-from dg_locust.options import Settings
+from dg_locust.options import PG_METHODS, Settings
+from dg_locust.pg_client import CratePgClient
 from dg_locust.schema import TableSchema, table_for_model
 from dg_locust.sizing import BatchSizer, FixedBatchSize, SizerSettings
 
@@ -53,7 +55,7 @@ class IngestPipeline:
         class_name: str,
         settings: Settings,
         model: Model,
-        client: CrateHttpClient,
+        client: CrateHttpClient | CratePgClient,
         ledger: ClassLedger,
         assignments: SensorAssignments,
         request_event,
@@ -95,12 +97,12 @@ class IngestPipeline:
         request_event,
         model_path=None,
     ) -> IngestPipeline:
-        """A pipeline with its model (the class's own ``model`` path, else --model) and its HTTP client."""
+        """A pipeline with its model (the class's own ``model`` path, else --model) and its insert method's client."""
         return cls(
             class_name=class_name,
             settings=settings,
             model=load_model(model_path or settings.model_path),
-            client=CrateHttpClient.for_settings(settings, host, pool_size=64),
+            client=client_for_settings(settings, host, pool_size=64),
             ledger=ledger,
             assignments=assignments,
             request_event=request_event,
@@ -216,6 +218,13 @@ class IngestPipeline:
 
     def close(self) -> None:
         self.client.close()
+
+
+def client_for_settings(settings: Settings, host: str | None, *, pool_size: int = 32):
+    """The client of the run's insert method: CrateDB's PostgreSQL port for pg and pg-unnest, HTTP otherwise."""
+    if settings.insert_method in PG_METHODS:
+        return CratePgClient.for_settings(settings, host, pool_size=pool_size)
+    return CrateHttpClient.for_settings(settings, host, pool_size=pool_size)
 
 
 def make_sizer(settings: Settings, log=None):

@@ -44,7 +44,7 @@ from dg_locust.errors import EXIT_BAD_INPUT, EXIT_NO_ROWS, DgError
 from dg_locust.ids import SensorAssignments
 from dg_locust.ledger import REPORT_KEY, RunLedger
 from dg_locust.model import load_model
-from dg_locust.options import SEED_HOST_ENV_VAR, Settings, parse_hosts
+from dg_locust.options import SEED_HOST_ENV_VAR, Settings, check_hosts_for_method, parse_hosts
 from dg_locust.pipeline import IngestPipeline
 from dg_locust.query_ledger import REPORT_KEY as QUERY_REPORT_KEY
 from dg_locust.query_ledger import QueryLedger
@@ -170,7 +170,7 @@ class RunContext:
             self.settings = self._parse_settings()
             self._init_options = dict(vars(self.environment.parsed_options))
             if self.headless and not self.is_worker:
-                parse_hosts(self.environment.host)
+                check_hosts_for_method(parse_hosts(self.environment.host), self.settings.insert_method)
             check_model(self.settings)
         except DgError as error:
             self.settings = None

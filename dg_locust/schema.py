@@ -88,8 +88,10 @@ class TableSchema:
         return f"REFRESH TABLE {self.qualified}"
 
     def insert_sql(self, method: str) -> str:
+        """The INSERT of an insert method: UNNEST of one array per column (unnest, pg-unnest) or one row of
+        placeholders (bulk, pg); ``?`` placeholders, which the pg client numbers ($1, $2, ...)."""
         names = ", ".join(quote(name) for name in self.column_names)
-        if method == "unnest":
+        if method in ("unnest", "pg-unnest"):
             placeholders = ", ".join("?" for _ in self.columns)
             return f"INSERT INTO {self.qualified} ({names}) (SELECT * FROM UNNEST({placeholders}))"
         placeholders = ", ".join("?" for _ in self.columns)

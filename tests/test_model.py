@@ -68,7 +68,7 @@ def test_shipped_temperature_model_is_the_fridge():
         ("sensor_id", "INTEGER"),
     ]
     assert model.fields == (
-        FloatField("temperature", "value", 6.0, 7.4, 6.4, 0.2, 0.03, 0.005, 1.08),
+        FloatField("temperature", "value", 6.0, 7.4, 6.4, 0.2, 0.03, 0.005, 1.08, precision=2),
         BoolField("button", "button_press", 0.001),
     )
 
