@@ -6,8 +6,10 @@ from locust.event import Events
 import gevent
 import pytest
 from cratedb_double import DoubleProcess, count_rows
+from support import run_locust
 
 from dg_locust import options as options_module
+from dg_locust.errors import EXIT_NO_ROWS
 from dg_locust.options import add_options
 from dg_locust.run import RunContext
 from dg_locust.users import CrateIngestUser
@@ -70,3 +72,28 @@ def test_settings_are_parsed_once_per_test_and_reach_everyone_from_the_context(d
     # Both tests' rows are stored, none twice: the second test's timestamps did not reuse the first one's.
     assert count_rows(double.db_path, TABLE) >= first_rows + context.ledger.totals().inserted
     assert RunContext.of(environment) is context and not hasattr(environment, "dg")
+
+
+@pytest.mark.parametrize(
+    ("faults", "reason"),
+    [
+        ({"row_rejections": {"rate": 1, "fraction": 1.0}}, "the database refused all"),
+        ({"circuit_breaker": {"rate": 1}}, "every batch sent ended in doubt"),
+    ],
+    ids=["every-row-refused", "every-batch-in-doubt"],
+)
+def test_a_run_that_acknowledged_no_row_says_why_and_exits_5(tmp_path, faults, reason):
+    with DoubleProcess(tmp_path / "crate.sqlite", faults=faults) as double:
+        args = ["--headless", "-u", "2", "-r", "2", "-t", "3s", "-H", double.url, "--exit-code-on-error", "0"]
+        result = run_locust(args, tmp_path)
+        stored = count_rows(double.db_path, TABLE)
+    assert result.exit_code == EXIT_NO_ROWS, result.output[-3000:]
+    assert result.summary["inserted"] == 0 == stored
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("dg-locust: no rows were acknowledged")]
+    assert reason in line, line
+
+
+def test_a_run_with_rows_acknowledged_exits_0_with_no_such_line(double, tmp_path):
+    result = run_locust(["--headless", "-u", "2", "-r", "2", "-t", "2s", "-H", double.url], tmp_path)
+    assert result.exit_code == 0 and result.summary["inserted"] > 0, result.output[-3000:]
+    assert "no rows were acknowledged" not in result.output
