@@ -13,7 +13,7 @@ slow), re-sends a request without end when a connection is reset, re-sends it to
   "in doubt": it is never re-sent and never counted as inserted;
 - several servers are used round-robin, one per request. A server that refuses a connection, answers 429 or 503,
   or leaves a request without an answer (reset, timeout) cools down (0.25 s, doubling with each such strike in a
-  row, at most 30 s) and gets no requests meanwhile; when
+  row, at most 30 s; ``servers``) and gets no requests meanwhile; when
   every server cools down, requests wait (at most 1 s between two probes) instead of hammering. A request that
   could not be sent anywhere (nothing left the client, so this is safe) keeps looking for a server for up to
   ``timeout`` seconds, so a restarting node loses no rows; after that its rows fail, flagged ``unreachable``.
@@ -46,19 +46,13 @@ from urllib3.exceptions import (
 )
 
 from dg_locust.batch import all_rows_inserted
+from dg_locust.servers import CoolDown, ServerRotation
 
 SQL_PATH = "/_sql"
 # The request_type of every insert in Locust's statistics and request events (a request is one batch)
 REQUEST_TYPE = "CrateDB"
 OVERLOAD_STATUSES = (429, 503)
 AUTH_STATUSES = (401, 403)
-# Cool-down of a server after a refused connection, a 429/503 or no answer: it doubles with every strike in a row,
-# so a node that is down for long is probed rarely, and one that comes back is used again within a second or so.
-COOL_DOWN_FIRST_S = 0.25
-COOL_DOWN_MAX_S = 30.0
-# When every server cools down, a request probes the one due first at least this often, so that a single node
-# that restarts is found again quickly (throughput must recover within seconds, not after a 30 s cool-down).
-PROBE_INTERVAL_S = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +107,7 @@ class _Node:
     def __init__(self, url: str, server: Server):
         self.url = url
         self.server = server
-        self.strikes = 0  # refused connections, 429/503 answers and requests left without an answer, in a row
-        self.cool_until = 0.0  # monotonic time before which this server gets no request
-
-    def cool_down(self, now: float) -> None:
-        self.strikes += 1
-        self.cool_until = now + min(COOL_DOWN_FIRST_S * 2 ** (self.strikes - 1), COOL_DOWN_MAX_S)
-
-    def answered(self) -> None:
-        self.strikes = 0
-        self.cool_until = 0.0
+        self.cooling = CoolDown()  # refused connections, 429/503 answers and requests left without an answer
 
 
 class CrateHttpClient:
@@ -150,10 +135,10 @@ class CrateHttpClient:
         if username:
             token = base64.b64encode(f"{username}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
-        self._nodes = [
-            _Node(url, Server(url, **self.pool_options(url, pool_size, ca_cert, verify_ssl))) for url in servers
-        ]
-        self._next = 0
+        self._servers = ServerRotation(
+            [_Node(url, Server(url, **self.pool_options(url, pool_size, ca_cert, verify_ssl))) for url in servers],
+            clock,
+        )
         if not verify_ssl and any(url.startswith("https://") for url in servers):
             # urllib3 warns on every request to an unverified https server; say it once instead of flooding the log.
             urllib3.disable_warnings(InsecureRequestWarning)
@@ -196,10 +181,10 @@ class CrateHttpClient:
 
     def pool(self, url: str):
         """The urllib3 connection pool of one server."""
-        return next(node.server.pool for node in self._nodes if node.url == url)
+        return next(node.server.pool for node in self._servers.nodes if node.url == url)
 
     def close(self) -> None:
-        for node in self._nodes:
+        for node in self._servers.nodes:
             node.server.close()
 
     # --- statements (DDL, refresh, counts) ---
@@ -219,21 +204,21 @@ class CrateHttpClient:
         Raises CrateError when no server answers, or when one refuses the credentials (wrong credentials stay wrong);
         otherwise returns one line per server that did not answer (those start cooled down)."""
         problems = []
-        for node in self._nodes:
+        for node in self._servers.nodes:
             answer = self._send(node, "GET", "/", None)
             if answer.status == 200:
-                node.answered()
+                node.cooling.answered()
                 continue
             status, code, message = self._describe(answer)
             if status in AUTH_STATUSES:
                 raise CrateError(message, status=status, code=code, server=node.url)
-            node.cool_down(self._clock())
+            self._servers.strike(node)
             problems.append((status, code, message))
-        if len(problems) == len(self._nodes):
+        if len(problems) == len(self._servers.nodes):
             status, code, message = problems[0]
-            if len(self._nodes) > 1:
+            if len(self._servers.nodes) > 1:
                 message = f"no CrateDB server answers (first: {message})"
-            raise CrateError(message, status=status, code=code, server=self._nodes[0].url)
+            raise CrateError(message, status=status, code=code, server=self._servers.nodes[0].url)
         return [message for _, _, message in problems]
 
     # --- inserts ---
@@ -303,33 +288,21 @@ class CrateHttpClient:
         seconds: re-trying a connection re-sends nothing, and a node that restarts within that time loses no rows."""
         give_up = self._clock() + self.timeout
         while True:
-            node, wait = self._pick()
+            node, wait = self._servers.pick()
             if wait > 0:
                 gevent.sleep(wait)
             answer = self._send(node, "POST", SQL_PATH, body)
             if answer.status and answer.status not in OVERLOAD_STATUSES:
-                node.answered()
+                node.cooling.answered()
             else:
                 # Refused, or left without an answer (reset, timeout): a sick or overloaded node gets a rest, so
                 # requests go to the other servers, or wait, instead of hammering it. The request itself is only
                 # sent again below when it never left.
-                node.cool_down(self._clock())
+                self._servers.strike(node)
             if answer.sent:
                 return answer
             if self._clock() >= give_up:
                 return answer
-
-    def _pick(self) -> tuple[_Node, float]:
-        """The next server round-robin that is not cooling down, or else the one due first and how long to wait."""
-        now = self._clock()
-        count = len(self._nodes)
-        for offset in range(count):
-            node = self._nodes[(self._next + offset) % count]
-            if node.cool_until <= now:
-                self._next = (self._next + offset + 1) % count
-                return node, 0.0
-        node = min(self._nodes, key=lambda n: n.cool_until)
-        return node, min(node.cool_until - now, PROBE_INTERVAL_S)
 
     def _send(self, node: _Node, method: str, path: str, body: bytes | None) -> _Answer:
         url = node.url

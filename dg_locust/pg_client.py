@@ -52,8 +52,9 @@ from psycopg.types.numeric import Int8BinaryDumper
 from psycopg.types.string import StrDumper
 
 from dg_locust.batch import PG_ARRAY_TYPES, PgInsert
-from dg_locust.client import COOL_DOWN_FIRST_S, COOL_DOWN_MAX_S, PROBE_INTERVAL_S, CrateError, InsertOutcome
+from dg_locust.client import CrateError, InsertOutcome
 from dg_locust.options import DEFAULT_PG_PORT, is_postgres_url, parse_hosts
+from dg_locust.servers import CoolDown, ServerRotation
 
 logger = logging.getLogger(__name__)
 
@@ -168,16 +169,7 @@ class _Node:
         self.server = server
         self.url = server.url
         self.idle: list[psycopg.Connection] = []
-        self.strikes = 0
-        self.cool_until = 0.0
-
-    def cool_down(self, now: float) -> None:
-        self.strikes += 1
-        self.cool_until = now + min(COOL_DOWN_FIRST_S * 2 ** (self.strikes - 1), COOL_DOWN_MAX_S)
-
-    def answered(self) -> None:
-        self.strikes = 0
-        self.cool_until = 0.0
+        self.cooling = CoolDown()
 
 
 class _Unreachable(Exception):
@@ -207,8 +199,7 @@ class CratePgClient:
         self.timeout = timeout
         self.pool_size = pool_size
         self._clock = clock
-        self._nodes = [_Node(server) for server in servers]
-        self._next = 0
+        self._servers = ServerRotation([_Node(server) for server in servers], clock)
         self._prepared: dict[str, str] = {}  # statement with ? placeholders -> with $1, $2, ...
         if any(server.sslmode == "require" for server in servers):
             logger.warning("dg-locust: --no-verify-ssl: the CrateDB server certificate is not verified")
@@ -229,7 +220,7 @@ class CratePgClient:
         return f"CratePgClient(servers={[s.url for s in self.servers]!r}, username={self.username!r})"
 
     def close(self) -> None:
-        for node in self._nodes:
+        for node in self._servers.nodes:
             while node.idle:
                 node.idle.pop().close()
 
@@ -263,18 +254,18 @@ class CratePgClient:
         """Open a connection to every server (kept for the run). Raises CrateError when no server can be reached or
         one refuses the credentials; otherwise returns one line per server that could not be reached."""
         problems = []
-        for node in self._nodes:
+        for node in self._servers.nodes:
             try:
                 node.idle.append(self._connect(node))
-                node.answered()
+                node.cooling.answered()
             except _Refused as refused:
                 raise CrateError(str(refused), status=401, server=node.url) from None
             except _Unreachable as unreachable:
-                node.cool_down(self._clock())
+                self._servers.strike(node)
                 problems.append(str(unreachable))
-        if len(problems) == len(self._nodes):
+        if len(problems) == len(self._servers.nodes):
             message = problems[0] if len(problems) == 1 else f"no CrateDB server answers (first: {problems[0]})"
-            raise CrateError(message, server=self._nodes[0].url)
+            raise CrateError(message, server=self._servers.nodes[0].url)
         return problems
 
     # --- inserts ---
@@ -309,7 +300,7 @@ class CratePgClient:
             broken = _broken(conn)
             self._discard(node, conn, cool=broken)
             return self._classify_error(node, error, row_count, broken)
-        node.answered()
+        node.cooling.answered()
         node.idle.append(conn)
         return outcome
 
@@ -342,7 +333,7 @@ class CratePgClient:
         reached cool down and the next is tried, waiting while all cool down, for at most ``timeout`` seconds."""
         give_up = self._clock() + self.timeout
         while True:
-            node, wait = self._pick()
+            node, wait = self._servers.pick()
             if wait > 0:
                 gevent.sleep(wait)
             while node.idle:
@@ -352,20 +343,9 @@ class CratePgClient:
             try:
                 return node, self._connect(node)
             except _Unreachable:
-                node.cool_down(self._clock())
+                self._servers.strike(node)
                 if self._clock() >= give_up:
                     raise
-
-    def _pick(self) -> tuple[_Node, float]:
-        now = self._clock()
-        count = len(self._nodes)
-        for offset in range(count):
-            node = self._nodes[(self._next + offset) % count]
-            if node.cool_until <= now:
-                self._next = (self._next + offset + 1) % count
-                return node, 0.0
-        node = min(self._nodes, key=lambda n: n.cool_until)
-        return node, min(node.cool_until - now, PROBE_INTERVAL_S)
 
     def _connect(self, node: _Node) -> psycopg.Connection:
         server = node.server
@@ -406,7 +386,7 @@ class CratePgClient:
         except Exception:  # closing a broken connection can fail in many ways; it is gone either way
             logger.debug("closing a broken connection to %s failed", node.url)
         if cool:
-            node.cool_down(self._clock())
+            self._servers.strike(node)
 
     def _numbered(self, statement: str) -> str:
         numbered = self._prepared.get(statement)
