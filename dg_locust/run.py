@@ -148,6 +148,11 @@ class RunContext:
             runner.register_message(FINISH_MESSAGE, self._on_finish_message, concurrent=True)
             runner.register_message(FINAL_MESSAGE, self._on_final_message)
         self.assignments.register(environment, runner)
+        if isinstance(runner, WorkerRunner) and runner.worker_state in (STATE_SPAWNING, STATE_RUNNING):
+            # Locust connects a worker to its master before it fires init. A master already running (a worker that
+            # joins late, with rebalancing) sends the first spawn at once, and the worker fires test_start for it
+            # before this listener exists: without this, the test would run with no settings and no sensors.
+            self.on_test_start(environment)
         forked_child = _is_forked_child(environment)
         if (isinstance(runner, WorkerRunner) and not forked_child) or environment.parsed_options is None:
             return  # a separate worker gets its options from the master, at test start

@@ -193,11 +193,6 @@ def test_a_worker_started_after_one_was_killed_takes_over_its_sensors_without_du
     assert count_rows(double.db_path, TABLE) >= result.summary["inserted"]
 
 
-@pytest.mark.xfail(
-    reason="regressed with the run-context refactor (passes at 94cc41c, fails from d88621f): the replacement worker "
-    "gets users but never claims the stalled worker's slice; a killed worker's takeover works (test above)",
-    strict=False,
-)
 def test_a_stalled_worker_that_comes_back_after_a_takeover_never_sends_its_successors_rows(double, tmp_path):
     port = free_port()
     # --enable-rebalancing (the README's advice where workers may restart): a worker that connects while Locust is

@@ -2,6 +2,7 @@ import locust  # noqa: F401  (first: gevent monkey-patches sockets before anythi
 from locust.argument_parser import get_parser
 from locust.env import Environment
 from locust.event import Events
+from locust.runners import STATE_INIT, STATE_SPAWNING, Runner, WorkerRunner
 
 import gevent
 import pytest
@@ -72,6 +73,32 @@ def test_settings_are_parsed_once_per_test_and_reach_everyone_from_the_context(d
     # Both tests' rows are stored, none twice: the second test's timestamps did not reuse the first one's.
     assert count_rows(double.db_path, TABLE) >= first_rows + context.ledger.totals().inserted
     assert RunContext.of(environment) is context and not hasattr(environment, "dg")
+
+
+class _WorkerBeforeInit(WorkerRunner):
+    """A worker runner as Locust leaves it when init fires: connected to its master (no real one here), and, if a
+    running master sent its first spawn while the worker connected, already spawning, with test_start fired."""
+
+    def __init__(self, environment, worker_state):
+        Runner.__init__(self, environment)  # no connection to a master
+        self.worker_state = worker_state
+
+
+@pytest.mark.parametrize(("state", "starts_now"), [(STATE_SPAWNING, True), (STATE_INIT, False)])
+def test_a_worker_whose_first_spawn_came_before_init_starts_its_test_at_init(double, state, starts_now):
+    # A worker joining a running master with --enable-rebalancing: its spawn (and so test_start) can come before init.
+    environment = Environment(user_classes=[TemperatureUser], events=Events(), host=double.url)
+    environment.parsed_options = _parsed("-H", double.url, "--insert-method", "unnest")
+    runner = _WorkerBeforeInit(environment, state)
+    environment.runner = runner
+    context = RunContext.attach(environment, runner)
+    if starts_now:
+        # the test's settings, parsed from the options the master shipped, for the users about to start
+        assert context.settings is not None and context.settings.insert_method == "unnest"
+        assert context.settings_built == 1 and context.ledger.totals().generated == 0
+    else:
+        assert context.settings is None and context.settings_built == 0  # its test_start is still to come
+    runner.greenlet.kill(block=True)
 
 
 @pytest.mark.parametrize(
