@@ -22,8 +22,9 @@ root (about 12 minutes with the defaults):
 ``--host URL`` measures against a real CrateDB instead (e.g. ``--host http://127.0.0.1:4200 --insert-method unnest
 --target 0.95``): each run drops and recreates the table, and the rows/s are the rows CrateDB acknowledged as
 dg-locust's own ``/metrics`` count them (sampled every ``--poll`` seconds); there is no model, so no oracle size.
-``--recheck N`` measures the N best swept sizes again after auto, each as long as auto's settled part, and compares
-auto with those too: on a noisy node the sweep's best is the luckiest of many short runs.
+``--recheck N`` measures the N best swept sizes again after auto, each over the same slice of its run as auto's settled
+part (``--settle`` s not measured, then the rest of ``--auto-seconds``), and compares auto with those too: on a noisy
+node the sweep's best is the luckiest of many short runs, and a real node's rows/s fall as the table grows.
 
 ``--simulate`` runs no Locust: it replays the double's model in a discrete-event simulation with the real sizer on a
 fake clock and prints, for cliffs from 2000 to 33000 rows, when the size in use enters +-30 % of the cliff for good
@@ -199,10 +200,13 @@ def run_locust(model: Model, args: argparse.Namespace, batch_args: list[str], se
     return run
 
 
-def fixed_rate(model: Model, args: argparse.Namespace, size: int, measure: float = 0.0) -> tuple[float, float]:
+def fixed_rate(
+    model: Model, args: argparse.Namespace, size: int, measure: float = 0.0, warmup: float | None = None
+) -> tuple[float, float]:
     measure = measure or args.measure
-    run = run_locust(model, args, ["--batch-size", str(size)], args.warmup + measure + 2, f"fixed {size}")
-    t0 = run.first_answer() + args.warmup
+    warmup = args.warmup if warmup is None else warmup
+    run = run_locust(model, args, ["--batch-size", str(size)], warmup + measure + 2, f"fixed {size}")
+    t0 = run.first_answer() + warmup
     seconds, rows, _, overloads, _ = run.span(t0, t0 + measure)
     rate = rows / seconds if seconds > 0 else 0.0
     if args.host:
@@ -239,11 +243,16 @@ def sweep(model: Model, args: argparse.Namespace) -> dict[int, float]:
 
 
 def recheck(model: Model, args: argparse.Namespace, sizes: list[int]) -> dict[int, float]:
-    """The given fixed sizes again, right after auto and measured as long as auto's settled part: on a noisy node the
-    sweep's best is the luckiest of many short runs, and the load may have changed since."""
+    """The given fixed sizes again, right after auto, each measured over the same part of its run as auto's settled
+    part (from --settle s after the first answer, for as long): on a noisy node the sweep's best is the luckiest of
+    many short runs, the load may have changed since, and on a real node rows/s fall as the table grows (more
+    segments to merge), so only the same slice of a run compares alike."""
     seconds = args.auto_seconds - args.settle
-    print(f"recheck: the {len(sizes)} best swept sizes again, {args.warmup:g} s warm-up + {seconds:g} s measured each:")
-    return {size: fixed_rate(model, args, size, measure=seconds)[0] for size in sizes}
+    print(
+        f"recheck: the {len(sizes)} best swept sizes again, {args.settle:g} s not measured + {seconds:g} s measured "
+        "each (auto's slice):"
+    )
+    return {size: fixed_rate(model, args, size, measure=seconds, warmup=args.settle)[0] for size in sizes}
 
 
 def auto_rate(model: Model, args: argparse.Namespace) -> tuple[float, Run]:
