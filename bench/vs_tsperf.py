@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dg_locust, for its packaged models
 
 from harness import (
     Window,
@@ -42,7 +43,7 @@ from harness import (
     timed_run,
 )  # noqa: E402
 
-from dg_locust.model import MODELS_DIR
+from dg_locust.model import MODELS_DIR  # noqa: E402
 
 TSPERF = "tsperf==1.2.1"
 WRAPPER = '''"""tsperf's CLI, with its CrateDB DDL and INSERT text changed to what the test double understands."""
