@@ -25,6 +25,9 @@ dg-locust's own ``/metrics`` count them (sampled every ``--poll`` seconds); ther
 ``--recheck N`` measures the N best swept sizes again after auto, each over the same slice of its run as auto's settled
 part (``--settle`` s not measured, then the rest of ``--auto-seconds``), and compares auto with those too: on a noisy
 node the sweep's best is the luckiest of many short runs, and a real node's rows/s fall as the table grows.
+``--bracket`` measures them once before auto as well and compares auto with the mean of the two runs of each size:
+a node that is faster or slower for minutes at a time (merges, a JVM warming up) then favours neither side, and the
+difference between the two runs of one size shows how far one 180-s run can be off another.
 
 ``--simulate`` runs no Locust: it replays the double's model in a discrete-event simulation with the real sizer on a
 fake clock and prints, for cliffs from 2000 to 33000 rows, when the size in use enters +-30 % of the cliff for good
@@ -242,17 +245,23 @@ def sweep(model: Model, args: argparse.Namespace) -> dict[int, float]:
     return rates
 
 
-def recheck(model: Model, args: argparse.Namespace, sizes: list[int]) -> dict[int, float]:
-    """The given fixed sizes again, right after auto, each measured over the same part of its run as auto's settled
+def recheck(model: Model, args: argparse.Namespace, sizes: list[int], when: str) -> dict[int, float]:
+    """The given fixed sizes again, `when` auto runs, each measured over the same part of its run as auto's settled
     part (from --settle s after the first answer, for as long): on a noisy node the sweep's best is the luckiest of
     many short runs, the load may have changed since, and on a real node rows/s fall as the table grows (more
     segments to merge), so only the same slice of a run compares alike."""
     seconds = args.auto_seconds - args.settle
     print(
-        f"recheck: the {len(sizes)} best swept sizes again, {args.settle:g} s not measured + {seconds:g} s measured "
-        "each (auto's slice):"
+        f"recheck {when} auto: the {len(sizes)} best swept sizes again, {args.settle:g} s not measured + {seconds:g} s "
+        "measured each (auto's slice):",
+        flush=True,
     )
     return {size: fixed_rate(model, args, size, measure=seconds, warmup=args.settle)[0] for size in sizes}
+
+
+def bracketed(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """Each size's mean over its run before auto and its run after (only `after` if there was no run before)."""
+    return {size: (before[size] + rate) / 2 if size in before else rate for size, rate in after.items()}
 
 
 def auto_rate(model: Model, args: argparse.Namespace) -> tuple[float, Run]:
@@ -398,7 +407,10 @@ def main() -> None:
     parser.add_argument("--locust-args", default="", help="more dg-locust options, e.g. '--username crate'")
     parser.add_argument("--target", type=float, default=0.9, help="auto / best fixed size to reach")
     parser.add_argument("--recheck", type=int, default=0, help="after auto, measure the N best swept sizes again")
+    parser.add_argument("--bracket", action="store_true", help="with --recheck: measure them before auto too")
     args = parser.parse_args()
+    if args.bracket and not args.recheck:
+        parser.error("--bracket needs --recheck N")
 
     print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"cpu:     {cpu_model()} ({os.cpu_count()} logical CPUs, load average {load()})")
@@ -426,8 +438,11 @@ def main() -> None:
     best_swept = max(swept, key=swept.get)
     best = max(rates, key=rates.get)
     print()
+    again = sorted(swept, key=swept.get, reverse=True)[: args.recheck]
+    before = recheck(model, args, again, "before") if args.bracket else {}
     auto, _ = auto_rate(model, args)
-    rechecked = recheck(model, args, sorted(swept, key=swept.get, reverse=True)[: args.recheck]) if args.recheck else {}
+    after = recheck(model, args, again, "after") if args.recheck else {}
+    rechecked = bracketed(before, after)
     print(f"\nload average at the end {load()}, {time.monotonic() - started:.0f} s in all")
     print(f"best fixed size found by the sweep: {best_swept} at {swept[best_swept]:,.0f} rows/s")
     if best != best_swept:
@@ -441,8 +456,9 @@ def main() -> None:
         size = max(rechecked, key=rechecked.get)
         ratio = auto / rechecked[size] if rechecked[size] else 0.0
         verdict = "meets" if ratio >= args.target else "BELOW"
+        runs = f"mean of {before[size]:,.0f} before and {after[size]:,.0f} after auto, " if before else ""
         print(
-            f"auto / best rechecked fixed ({size} at {rechecked[size]:,.0f} rows/s over "
+            f"auto / best rechecked fixed ({size} at {rechecked[size]:,.0f} rows/s, {runs}over "
             f"{args.auto_seconds - args.settle:g} s): {ratio:.1%} ({verdict} the {args.target:.0%} target)"
         )
 
