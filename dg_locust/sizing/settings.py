@@ -18,6 +18,7 @@ class SizerSettings:
     margin: float = 0.02  # smallest relative gain that counts, however quiet the measurements
     confidence: float = 2.0  # standard errors a difference must exceed to count
     confirm_windows: int = 3  # most windows a challenger is measured for before a close call counts as no gain
+    lead_windows: int = 8  # most windows for a challenger that leads by more than the margin, not yet by the noise
     probe_every: int = 4  # holding windows between two probes
     change: float = 0.15  # smallest move of the incumbent's rate that means "the cluster changed"
     fail_share_rise: float = 0.05  # rise of the refused-row share over its recent level that counts as overload
@@ -30,6 +31,8 @@ class SizerSettings:
             raise ValueError(f"need 1 <= minimum <= start <= maximum, got {self.minimum}, {self.start}, {self.maximum}")
         if self.window_s <= 0 or self.min_batches < 1 or self.probe_every < 1 or self.confirm_windows < 1:
             raise ValueError("window_s must be > 0, min_batches, probe_every and confirm_windows >= 1")
+        if self.lead_windows < self.confirm_windows:
+            raise ValueError("lead_windows must be >= confirm_windows")
         if self.margin < 0 or self.confidence < 0 or self.change <= 0 or self.fail_share_rise <= 0:
             raise ValueError("margin and confidence must be >= 0, change and fail_share_rise > 0")
         if self.ceiling_decay_s <= 0 or self.stale_windows < 1 or self.log_interval_s < 0:
