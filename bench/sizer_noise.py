@@ -31,7 +31,6 @@ sys.path.insert(0, str(PROJECT_DIR / "tests"))
 from harness import cpu_model, load  # noqa: E402
 from sizer import code_version  # noqa: E402
 from test_sizer import (  # noqa: E402
-    USERS,
     FakeClock,
     NoisyCluster,
     PlateauServer,
@@ -40,6 +39,7 @@ from test_sizer import (  # noqa: E402
     efficiency,
     knee_for,
     new_sizer,
+    plateau_start,
     simulate,
     true_optimum,
 )
@@ -48,7 +48,7 @@ from test_sizer import (  # noqa: E402
 def servers() -> list[tuple[str, Server | PlateauServer, int, float]]:
     """(name, server, optimum size, best rows/s) for every server measured."""
     plateau = PlateauServer()
-    start = min(s for s in range(100, 100_001, 10) if plateau.rows_per_s(s, USERS) >= 0.98 * plateau.cap)
+    start = plateau_start(plateau)
     found: list[tuple[str, Server | PlateauServer, int, float]] = [
         (f"plateau (300k rows/s from {start} rows on)", plateau, start, plateau.cap)
     ]

@@ -337,12 +337,17 @@ def test_on_a_noisy_cluster_it_settles_instead_of_wandering(optimum, seed):
     assert 0.08 <= trace.windows[-1].noise <= 0.3
 
 
+def plateau_start(base: PlateauServer) -> int:
+    """The smallest size (to 10 rows) that gets within 2 % of the cap: where the plateau begins."""
+    return min(s for s in range(100, 100_001, 10) if base.rows_per_s(s, USERS) >= 0.98 * base.cap)
+
+
 def plateau_run(base: PlateauServer, seed: int | None) -> tuple[Trace, int]:
     """200 windows against `base` (with the +-30 % window-to-window noise of `NoisyCluster` unless `seed` is None),
     and the size where the plateau begins."""
     clock = FakeClock()
     server = base if seed is None else NoisyCluster(base, clock, seed=seed)
-    plateau = min(s for s in range(100, 100_001, 10) if base.rows_per_s(s, USERS) >= 0.98 * base.cap)
+    plateau = plateau_start(base)
     rng = random.Random(9 if seed is None else 9 + seed)
     return simulate(new_sizer(clock), clock, server, rng=rng, windows=200), plateau
 

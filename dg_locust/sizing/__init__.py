@@ -38,9 +38,8 @@ Two parts
     smaller one also wins if it costs at most ``margin`` as far as the noise lets one tell (so on a plateau the sizer
     settles near the smallest size within the margin of the best); close calls are measured again, up to
     ``confirm_windows`` windows (``lead_windows`` while the challenger leads by more than the margin), and then the
-    incumbent stays. Failures never pull the size up: while a batch of the
-    current size or smaller failed in the last window, nothing is decided. Windows older than ``stale_windows``
-    windows no longer count.
+    incumbent stays. Failures never pull the size up: while a batch of the current size or smaller failed in the
+    last window, nothing is decided. Windows older than ``stale_windows`` windows no longer count.
 
 Defaults (`SizerSettings()`)
     start 1_000 rows      small enough not to overload a cold single node; x2 growth reaches 64k in six windows.
